@@ -1,0 +1,191 @@
+//! A binary's connection (protocol.md §6): claim its server-id (probing a live incumbent),
+//! hand it what was held during grace, route its envelopes to phones, and put the slot in
+//! grace when it leaves.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use relay_core::envelope::{self, close_notice};
+use relay_core::{
+    Backlog, BinaryLease, Claim, Close, Conn, Expiry, GraceTicket, Held, Installed, ServerId,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info, warn};
+
+use crate::peer::{Peer, Role};
+use crate::session;
+use crate::shared::Shared;
+
+pub struct BinaryHello {
+    pub server_id: ServerId,
+    pub version: String,
+    pub remote: std::net::SocketAddr,
+}
+
+pub async fn serve<R, W>(shared: Arc<Shared>, hello: BinaryHello, read: R, write: W, prefix: Bytes)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = shared.new_peer(Role::Binary, None);
+    info!(
+        server_id = %hello.server_id,
+        conn_id = %peer.id(),
+        remote = %hello.remote,
+        binary_version = %hello.version,
+        "binary connected"
+    );
+    let lease: Arc<OnceLock<BinaryLease<Peer>>> = Arc::new(OnceLock::new());
+    let claim = tokio::spawn(claim(
+        shared.clone(),
+        hello.server_id.clone(),
+        peer.clone(),
+        lease.clone(),
+    ));
+    let max = shared.opts.max_binary_message();
+    let ended = session::run(&shared, &peer, read, write, prefix, max, |msg| {
+        // Until the claim is decided the binary holds nothing: what it sends is discarded (§6.2).
+        if let Some(lease) = lease.get() {
+            route(lease, &msg);
+        }
+        std::future::ready(Ok(()))
+    })
+    .await;
+    peer.finish();
+    // The claim may still be probing an incumbent; its outcome decides what we release.
+    let _ = claim.await;
+    if let Some(lease) = lease.get() {
+        if let Some(ticket) = shared.registry.release(lease) {
+            info!(server_id = %hello.server_id, conn_id = %peer.id(), "binary gone, grace period started");
+            tokio::spawn(grace_timer(shared.clone(), ticket));
+        }
+    }
+    info!(
+        server_id = %hello.server_id,
+        conn_id = %peer.id(),
+        reason = ?ended.read,
+        writer = ?ended.writer,
+        "binary disconnected"
+    );
+}
+
+/// §4.2: one envelope from the binary, zero-copy to the phone.
+fn route(lease: &BinaryLease<Peer>, msg: &Bytes) {
+    let env = match envelope::parse_to_phone(msg) {
+        Ok(env) => env,
+        Err(e) => {
+            warn!(server_id = %lease.server_id(), reason = e.as_str(), "malformed envelope dropped");
+            return;
+        }
+    };
+    let Some(phone) = lease.route(&env.conn_id) else {
+        debug!(server_id = %lease.server_id(), "envelope for unknown conn_id dropped");
+        return;
+    };
+    if let Some(frame) = env.frame {
+        // A full outbox closes the phone itself (1011 "phone backlog full").
+        let _ = phone.send(msg.slice_ref(frame));
+    }
+    if let Some(code) = env.close {
+        phone.close_by_binary(Close::requested(code));
+    }
+}
+
+async fn claim(
+    shared: Arc<Shared>,
+    server_id: ServerId,
+    peer: Peer,
+    lease: Arc<OnceLock<BinaryLease<Peer>>>,
+) {
+    let mut outcome = shared.registry.claim(&server_id, peer.clone());
+    loop {
+        match outcome {
+            Claim::Claimed(mut claimed) => {
+                let evicted = claimed.evicted.len();
+                claimed.apply();
+                let _ = lease.set(claimed.lease.clone());
+                match claimed.how {
+                    Installed::Fresh => {}
+                    Installed::Reclaimed => info!(
+                        server_id = %server_id,
+                        conn_id = %peer.id(),
+                        evicted,
+                        "server-id reclaimed during grace"
+                    ),
+                    Installed::TookOver => info!(
+                        server_id = %server_id,
+                        conn_id = %peer.id(),
+                        evicted,
+                        "incumbent failed the liveness probe, server-id taken over"
+                    ),
+                }
+                if claimed.has_backlog {
+                    deliver_backlog(&shared, &claimed.lease, &peer).await;
+                }
+                return;
+            }
+            Claim::Conflict(incumbent) => {
+                if incumbent
+                    .binary
+                    .probe(shared.opts.conflict_probe_timeout)
+                    .await
+                {
+                    info!(server_id = %server_id, conn_id = %peer.id(), "server-id already claimed by a live binary");
+                    peer.close(Close::ALREADY_CLAIMED);
+                    return;
+                }
+                if peer.is_done() {
+                    return;
+                }
+                outcome = shared.registry.takeover(&server_id, &incumbent, peer.clone());
+            }
+        }
+    }
+}
+
+/// §6.4: messages held during grace go to the new binary first, in order.
+async fn deliver_backlog(shared: &Shared, lease: &BinaryLease<Peer>, binary: &Peer) {
+    loop {
+        match shared.registry.take_backlog(lease) {
+            Backlog::Items(items) => {
+                for item in items {
+                    let msg = match item.kind {
+                        Held::Frame { frame, with_token } => envelope::to_binary(
+                            item.phone.id(),
+                            &frame,
+                            item.phone.token().filter(|_| with_token),
+                        ),
+                        Held::Notice(code) => close_notice(item.phone.id(), code),
+                    };
+                    if binary.send_backpressured(msg).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Backlog::Done | Backlog::Lost => return,
+        }
+    }
+}
+
+/// §6.3: when the grace period ends unclaimed, close the server-id's phones.
+async fn grace_timer(shared: Arc<Shared>, ticket: GraceTicket) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let deadline = tokio::time::Instant::from_std(ticket.deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = crate::shared::shutdown_signalled(&mut shutdown) => return,
+        }
+        match shared.registry.expire(&ticket) {
+            Expiry::NotYet => continue,
+            Expiry::Stale => return,
+            mut expired @ Expiry::Expired(_) => {
+                if let Expiry::Expired(phones) = &expired {
+                    info!(server_id = %ticket.server_id, phones = phones.len(), "grace period expired");
+                }
+                expired.apply();
+                return;
+            }
+        }
+    }
+}

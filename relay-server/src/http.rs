@@ -1,0 +1,181 @@
+//! HTTP before the upgrade (protocol.md §2, §8, §10): routes, the global connection cap,
+//! header rules, the WebSocket upgrade, and `/healthz`.
+//!
+//! Every refusal here is an HTTP status with an empty body. Once upgraded, every registry
+//! decision is a WebSocket close code instead (the binary retries HTTP errors but treats 4409
+//! as final).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use relay_core::headers::{self, HeaderError};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::binary::{self, BinaryHello};
+use crate::phone::{self, PhoneHello};
+use crate::shared::Shared;
+
+pub type Body = Full<Bytes>;
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Server,
+    Client,
+}
+
+pub async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
+    let endpoint = match req.uri().path() {
+        "/healthz" => return Ok(healthz(&req, &shared)),
+        "/v1/server" | "/v2/server" => Endpoint::Server,
+        "/v1/client" | "/v2/client" => Endpoint::Client,
+        _ => return Ok(empty(StatusCode::NOT_FOUND)),
+    };
+    Ok(upgrade(req, shared, remote, endpoint))
+}
+
+fn healthz(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return empty(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let counts = shared.registry.counts();
+    let body = format!(
+        "{{\"status\":\"ok\",\"version\":\"{}\",\"connected_binaries\":{},\"connected_phones\":{},\"uptime_seconds\":{}}}",
+        env!("CARGO_PKG_VERSION"),
+        counts.binaries,
+        counts.phones,
+        shared.started.elapsed().as_secs()
+    );
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The one value of a header; a repeated header is refused as ambiguous.
+fn single<'a>(req: &'a Request<Incoming>, name: &'static str) -> Result<Option<&'a [u8]>, HeaderError> {
+    let mut values = req.headers().get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(HeaderError::Repeated(name));
+    }
+    Ok(first.map(HeaderValue::as_bytes))
+}
+
+enum Hello {
+    Binary(BinaryHello),
+    Phone(PhoneHello),
+}
+
+fn check_headers(
+    req: &Request<Incoming>,
+    endpoint: Endpoint,
+    remote: SocketAddr,
+) -> Result<Hello, HeaderError> {
+    let server_id = headers::server_id(single(req, headers::SERVER_ID)?)?;
+    headers::user_agent(single(req, headers::USER_AGENT)?)?;
+    Ok(match endpoint {
+        Endpoint::Server => Hello::Binary(BinaryHello {
+            server_id,
+            version: headers::version(single(req, headers::VERSION)?)?.to_owned(),
+            remote,
+        }),
+        Endpoint::Client => Hello::Phone(PhoneHello {
+            server_id,
+            token: headers::token(single(req, headers::TOKEN)?)?,
+            device_name: headers::device_name(single(req, headers::DEVICE_NAME)?)?.map(str::to_owned),
+            remote,
+        }),
+    })
+}
+
+fn upgrade(
+    mut req: Request<Incoming>,
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    endpoint: Endpoint,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    if req.method() != Method::GET {
+        return empty(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    if shared.is_shutting_down() {
+        return empty(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // §2 order: (host check, per-IP limits: later issues) → global cap → headers → upgrade.
+    let Ok(slot) = shared.conn_slots.clone().try_acquire_owned() else {
+        warn!(path = %path, remote = %remote, "connection cap reached, upgrade refused");
+        return empty(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let hello = match check_headers(&req, endpoint, remote) {
+        Ok(hello) => hello,
+        Err(e) => {
+            info!(path = %path, remote = %remote, err = %e, "upgrade refused: bad header");
+            return empty(StatusCode::BAD_REQUEST);
+        }
+    };
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        info!(path = %path, remote = %remote, "upgrade refused: not a WebSocket upgrade");
+        return empty(StatusCode::BAD_REQUEST);
+    }
+    let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(e) => {
+            info!(path = %path, remote = %remote, err = %e, "upgrade refused");
+            return empty(StatusCode::BAD_REQUEST);
+        }
+    };
+    tokio::spawn(async move {
+        let _slot = slot;
+        let ws = match fut.await {
+            Ok(ws) => ws,
+            Err(e) => {
+                debug!(remote = %remote, err = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let upgraded = ws.into_inner().into_inner();
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                // Plain TCP: owned halves, no lock between reader and writer.
+                let (r, w) = parts.io.into_inner().into_split();
+                run(shared, hello, r, w, parts.read_buf).await;
+            }
+            Err(upgraded) => {
+                let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                run(shared, hello, r, w, Bytes::new()).await;
+            }
+        }
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}
+
+async fn run<R, W>(shared: Arc<Shared>, hello: Hello, r: R, w: W, prefix: Bytes)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match hello {
+        Hello::Binary(h) => binary::serve(shared, h, r, w, prefix).await,
+        Hello::Phone(h) => phone::serve(shared, h, r, w, prefix).await,
+    }
+}

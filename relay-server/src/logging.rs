@@ -1,0 +1,203 @@
+//! Structured logging to stderr (protocol.md §10).
+//!
+//! Owns installing the process-wide `tracing` subscriber: `--log-format text|json`, level from
+//! `RUST_LOG` (default `info`), no ANSI colours unless stderr is a terminal (and `NO_COLOR` is
+//! unset), so redirected logs stay machine-readable.
+//!
+//! # What may be logged
+//!
+//! Field names come from a fixed allowlist, [`FIELD_ALLOWLIST`]: `server_id`, `conn_id`,
+//! `remote`, `binary_version`, `device_name`, `close_code`, `reason`, `path`, `err`,
+//! `duration`, `addr`, `mode`. A new field name is added there first, in review.
+//!
+//! Never logged, at any level, under any field name:
+//! - message payloads (phone frames, envelopes, anything the peers send after the upgrade);
+//! - the `X-Pyrycode-Token` value, or anything derived from it;
+//! - raw header maps (`{:?}` of a request or its `HeaderMap`);
+//! - full `User-Agent` strings.
+//!
+//! Header values rejected at validation are logged without the value (§2).
+//! This module cannot enforce the rule (tracing fields are free-form); call sites must.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// The field names log events and spans may use (§10). Extend in review, never ad hoc.
+pub const FIELD_ALLOWLIST: &[&str] = &[
+    "server_id",
+    "conn_id",
+    "remote",
+    "binary_version",
+    "device_name",
+    "close_code",
+    "reason",
+    "path",
+    "err",
+    "duration",
+    "addr",
+    "mode",
+];
+
+/// Level used when `RUST_LOG` is unset, empty or invalid.
+const DEFAULT_FILTER: &str = "info";
+
+/// Installs the global subscriber writing to stderr. Call once, first thing in `main`.
+///
+/// A second call keeps the first subscriber (tests may race to install one), and an invalid
+/// `RUST_LOG` falls back to `info` with a warning rather than failing the boot.
+pub fn init(format: LogFormat) {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let (filter, filter_err) = filter_from(rust_log.as_deref());
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    // Err only means a subscriber is already installed; keeping it is the right outcome.
+    let _ = subscriber(format, filter, std::io::stderr, ansi).try_init();
+    if let Some(err) = filter_err {
+        tracing::warn!(err = %err, "RUST_LOG is not a valid filter; logging at info");
+    }
+}
+
+/// The filter for a `RUST_LOG` value, plus the parse error when it had to fall back.
+fn filter_from(rust_log: Option<&str>) -> (EnvFilter, Option<String>) {
+    match rust_log.map(str::trim).filter(|value| !value.is_empty()) {
+        None => (EnvFilter::new(DEFAULT_FILTER), None),
+        Some(directives) => match EnvFilter::try_new(directives) {
+            Ok(filter) => (filter, None),
+            Err(err) => (EnvFilter::new(DEFAULT_FILTER), Some(err.to_string())),
+        },
+    }
+}
+
+/// Built separately from [`init`] so tests can capture the output of either format.
+fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => Box::new(builder.finish()),
+        // Flattened so fields sit next to "message" rather than under a "fields" object,
+        // which is what log shippers index.
+        LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    /// Collects everything the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Captured {
+        fn text(&self) -> String {
+            let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+    }
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    fn capture(format: LogFormat, rust_log: Option<&str>, emit: impl FnOnce()) -> String {
+        let out = Captured::default();
+        let (filter, _) = filter_from(rust_log);
+        let sub = subscriber(format, filter, out.clone(), false);
+        tracing::subscriber::with_default(sub, emit);
+        out.text()
+    }
+
+    #[test]
+    fn text_startup_line_is_plain_key_value_without_colours() {
+        // `%` (Display) keeps strings unquoted, which is what scripts grep for.
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 40123));
+        let out = capture(LogFormat::Text, None, || {
+            tracing::info!(%addr, mode = %"insecure", "listening");
+        });
+        assert!(
+            out.contains("listening addr=127.0.0.1:40123 mode=insecure"),
+            "{out}"
+        );
+        assert!(!out.contains('\u{1b}'), "ANSI escape in {out:?}");
+    }
+
+    #[test]
+    fn json_is_one_flat_object_per_line() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 40123));
+        let out = capture(LogFormat::Json, None, || {
+            tracing::info!(%addr, mode = %"insecure", "listening");
+            tracing::warn!(close_code = 1011_u16, "closed");
+        });
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines[0]["message"], "listening");
+        assert_eq!(lines[0]["addr"], "127.0.0.1:40123");
+        assert_eq!(lines[0]["mode"], "insecure");
+        assert_eq!(lines[0]["level"], "INFO");
+        assert_eq!(lines[1]["close_code"], 1011);
+    }
+
+    #[test]
+    fn default_level_is_info() {
+        let out = capture(LogFormat::Text, None, || {
+            tracing::debug!("hidden");
+            tracing::info!("shown");
+        });
+        assert!(out.contains("shown") && !out.contains("hidden"), "{out}");
+    }
+
+    #[test]
+    fn rust_log_sets_the_level() {
+        let out = capture(LogFormat::Text, Some("debug"), || tracing::debug!("shown"));
+        assert!(out.contains("shown"), "{out}");
+        let out = capture(LogFormat::Text, Some("warn"), || tracing::info!("hidden"));
+        assert!(!out.contains("hidden"), "{out}");
+    }
+
+    #[test]
+    fn empty_or_invalid_rust_log_falls_back_to_info() {
+        let (_, err) = filter_from(Some("  "));
+        assert!(err.is_none());
+        let (filter, err) = filter_from(Some("relay_server=notalevel"));
+        assert!(err.is_some());
+        assert_eq!(filter.to_string(), DEFAULT_FILTER);
+    }
+}

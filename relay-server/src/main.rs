@@ -1,0 +1,73 @@
+//! `relay-server`: parse the command line (exit 2 on a boot error, before binding anything),
+//! bind (exit 1 on failure), print the startup line, serve until SIGTERM or SIGINT, drain,
+//! exit 0.
+
+use std::process::ExitCode;
+
+use relay_server::config::{self, ListenMode};
+use relay_server::{Relay, RelayOptions};
+use tracing::{error, info, warn};
+
+fn main() -> ExitCode {
+    let config = config::load();
+    relay_server::logging::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relay-server: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: config::Config) -> ExitCode {
+    let addr = match &config.listen {
+        ListenMode::Development(addr) | ListenMode::Insecure(addr) => *addr,
+        // config.rs refuses the TLS modes at boot until they are implemented.
+        other => {
+            eprintln!("relay-server: listener mode {} is not available in this build", other.name());
+            return ExitCode::from(2);
+        }
+    };
+    let relay = match Relay::bind(addr, RelayOptions::from(&config)).await {
+        Ok(relay) => relay,
+        Err(e) => {
+            error!(addr = %addr, err = %e, "cannot bind listener");
+            eprintln!("relay-server: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let bound = match relay.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("relay-server: cannot read the bound address: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let ListenMode::Development(_) = config.listen {
+        warn!(mode = "development", "development mode: plain HTTP on loopback only, not for production");
+    }
+    info!(addr = %bound, mode = %config.listen.name(), "listening");
+    let handle = relay.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received, shutting down");
+        handle.shutdown();
+    });
+    relay.run().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the relay runs until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,87 @@
+//! The relay's runtime knobs, as the running server uses them (protocol.md §6–§8, §10).
+//!
+//! `config.rs` turns flags and environment variables into these; tests build them directly
+//! with short timings.
+
+use std::time::Duration;
+
+use relay_core::ReclaimPolicy;
+
+#[derive(Clone, Debug)]
+pub struct RelayOptions {
+    pub grace_period: Duration,
+    pub conflict_probe_timeout: Duration,
+    pub reclaim_policy: ReclaimPolicy,
+    pub max_message_size: usize,
+    pub message_read_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub phone_outbox_bytes: usize,
+    /// Byte budget of each binary's inbox (phones wait when it is full, §7). Not a flag: it
+    /// is sized from the other limits so that a full-size message always fits.
+    pub binary_inbox_bytes: usize,
+    pub write_timeout: Duration,
+    pub max_connections: usize,
+    pub phones_per_server: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            grace_period: Duration::from_secs(30),
+            conflict_probe_timeout: Duration::from_secs(10),
+            reclaim_policy: ReclaimPolicy::Evict,
+            max_message_size: 256 << 10,
+            message_read_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(30),
+            phone_outbox_bytes: 4 << 20,
+            binary_inbox_bytes: 4 << 20,
+            write_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            phones_per_server: 16,
+            header_read_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RelayOptions {
+    /// Largest message accepted on the binary leg: room for the envelope around a full-size
+    /// frame (§7).
+    pub fn max_binary_message(&self) -> usize {
+        self.max_message_size.saturating_add(1024)
+    }
+
+    /// The binary inbox budget actually used: never smaller than two full-size envelopes.
+    pub fn effective_binary_inbox(&self) -> usize {
+        self.binary_inbox_bytes
+            .max(2 * (self.max_binary_message() + 1024))
+    }
+}
+
+impl From<&crate::config::Config> for RelayOptions {
+    fn from(c: &crate::config::Config) -> Self {
+        RelayOptions {
+            grace_period: c.grace_period,
+            conflict_probe_timeout: c.conflict_probe_timeout,
+            reclaim_policy: match c.reclaim_policy {
+                crate::config::ReclaimPolicyArg::Evict => ReclaimPolicy::Evict,
+                crate::config::ReclaimPolicyArg::Inherit => ReclaimPolicy::Inherit,
+            },
+            max_message_size: c.max_message_size,
+            message_read_timeout: c.message_read_timeout,
+            heartbeat_interval: c.heartbeat_interval,
+            heartbeat_timeout: c.heartbeat_timeout,
+            phone_outbox_bytes: c.phone_outbox_bytes,
+            binary_inbox_bytes: RelayOptions::default().binary_inbox_bytes,
+            write_timeout: c.write_timeout,
+            max_connections: c.max_connections,
+            phones_per_server: c.phones_per_server,
+            header_read_timeout: c.header_read_timeout,
+            shutdown_timeout: c.shutdown_timeout,
+        }
+    }
+}

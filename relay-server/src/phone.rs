@@ -1,0 +1,104 @@
+//! A phone's connection (§4.1, §4.3, §6.3): register with its server-id, check and forward
+//! its messages to the binary (waiting when the binary's inbox is full), and tell the binary
+//! when it leaves.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use relay_core::envelope::{self, close_notice};
+use relay_core::{Close, CloseCode, Conn, Departure, PhoneLease, Registration, ServerId, ToBinary, Token};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info};
+
+use crate::peer::{Peer, Role};
+use crate::reader::ReadEnd;
+use crate::session::{self, Ended};
+use crate::shared::Shared;
+
+pub struct PhoneHello {
+    pub server_id: ServerId,
+    pub token: Option<Token>,
+    pub device_name: Option<String>,
+    pub remote: std::net::SocketAddr,
+}
+
+pub async fn serve<R, W>(shared: Arc<Shared>, hello: PhoneHello, read: R, write: W, prefix: Bytes)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = shared.new_peer(Role::Phone, hello.token);
+    let lease = match shared.registry.register_phone(&hello.server_id, peer.clone()) {
+        Registration::Attached(lease) | Registration::Pending(lease) => Some(lease),
+        Registration::NoServer => {
+            peer.close(Close::NO_SERVER);
+            None
+        }
+        Registration::TooManyPhones => {
+            peer.close(Close::TOO_MANY_PHONES);
+            None
+        }
+    };
+    info!(
+        server_id = %hello.server_id,
+        conn_id = %peer.id(),
+        remote = %hello.remote,
+        device_name = hello.device_name.as_deref().unwrap_or(""),
+        registered = lease.is_some(),
+        "phone connected"
+    );
+    let max = shared.opts.max_message_size;
+    let ended = session::run(&shared, &peer, read, write, prefix, max, |msg| {
+        forward(&peer, lease.as_ref(), msg)
+    })
+    .await;
+    peer.finish();
+    let Some(lease) = lease else { return };
+    let departure = departure(&shared, &ended);
+    if let Some(notice) = shared.registry.unregister_phone(&lease, departure) {
+        let _ = notice
+            .binary
+            .send_backpressured(close_notice(peer.id(), notice.code))
+            .await;
+    }
+    info!(server_id = %hello.server_id, conn_id = %peer.id(), reason = ?ended.read, "phone disconnected");
+}
+
+/// §4.1: check the message is JSON, then send it on (or hold it, during grace).
+async fn forward(peer: &Peer, lease: Option<&PhoneLease<Peer>>, msg: Bytes) -> Result<(), Close> {
+    envelope::validate_phone_frame(&msg).map_err(|_| Close::NOT_JSON)?;
+    let Some(lease) = lease else {
+        return Ok(());
+    };
+    match lease.route(msg) {
+        ToBinary::Forward {
+            binary,
+            frame,
+            with_token,
+        } => {
+            let env = envelope::to_binary(peer.id(), &frame, peer.token().filter(|_| with_token));
+            if binary.send_backpressured(env).await.is_err() {
+                debug!(server_id = %lease.server_id(), "binary gone, phone message dropped");
+            }
+            Ok(())
+        }
+        ToBinary::Held | ToBinary::Dropped | ToBinary::Gone => Ok(()),
+        ToBinary::Overflow => Err(Close::BACKLOG_FULL),
+    }
+}
+
+/// §4.3: which close code the binary hears about, if any: none for a close the binary asked
+/// for or at shutdown; else the relay's code if the relay closed first, the phone's own code,
+/// or 1001 when it vanished or sent no code.
+fn departure(shared: &Shared, ended: &Ended) -> Departure {
+    if shared.is_shutting_down() {
+        return Departure::Silent;
+    }
+    match (ended.relay_close, ended.read) {
+        (Some(req), _) if req.by_binary => Departure::Silent,
+        (Some(req), _) => Departure::Closed(req.close.code),
+        (None, ReadEnd::PeerClosed(Some(code))) => Departure::Closed(code),
+        (None, ReadEnd::Violation(close)) => Departure::Closed(close.code),
+        (None, _) => Departure::Closed(CloseCode::GOING_AWAY),
+    }
+}

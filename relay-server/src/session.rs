@@ -1,0 +1,89 @@
+//! What every WebSocket connection does, binary or phone: split the socket, start the writer,
+//! run a reader loop that only the end of the connection can interrupt, and close properly.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use relay_core::Close;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::peer::{CloseRequest, Peer, WriterEnd};
+use crate::reader::{MessageReader, ReadEnd};
+use crate::shared::Shared;
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    pub read: ReadEnd,
+    /// The close our side had asked for before reading ended (relay or binary initiated).
+    pub relay_close: Option<CloseRequest>,
+    pub writer: WriterEnd,
+}
+
+/// Runs one connection: `on_message` gets every whole data message in order (awaiting it
+/// applies back-pressure to this socket). Returns how it ended once the writer is done.
+pub async fn run<R, W, F, Fut>(
+    shared: &Shared,
+    peer: &Peer,
+    read: R,
+    write: W,
+    prefix: Bytes,
+    max_message: usize,
+    mut on_message: F,
+) -> Ended
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+    F: FnMut(Bytes) -> Fut,
+    Fut: Future<Output = Result<(), Close>>,
+{
+    let writer = tokio::spawn(peer.clone().run_writer(write, shared.shutdown.clone()));
+    let mut reader = MessageReader::new(read, prefix, max_message, shared.opts.message_read_timeout);
+    let end = loop {
+        // Dropping `next` mid-frame is only allowed because the connection is over then.
+        let next = tokio::select! {
+            biased;
+            _ = peer.done() => Err(ReadEnd::Stopped),
+            r = reader.next(peer) => r,
+        };
+        match next {
+            Ok(msg) => {
+                if let Err(close) = on_message(msg).await {
+                    break ReadEnd::Violation(close);
+                }
+            }
+            Err(end) => break end,
+        }
+    };
+    let relay_close = peer.close_request();
+    match end {
+        ReadEnd::PeerClosed(code) => {
+            // Answer the close with the peer's own code (RFC 6455 §5.5.1).
+            let code = code.unwrap_or(relay_core::CloseCode::NORMAL);
+            peer.close_now(Close::new(code, ""));
+        }
+        ReadEnd::Violation(close) => peer.close_now(close),
+        ReadEnd::Vanished | ReadEnd::Stopped => {}
+    }
+    if !matches!(end, ReadEnd::Violation(_)) {
+        peer.mark_reader_gone();
+    } else {
+        // Keep reading until the peer answers our close (or the writer gives up).
+        let _ = tokio::select! {
+            _ = peer.done() => (),
+            _ = drain(&mut reader, peer) => (),
+        };
+        peer.mark_reader_gone();
+    }
+    let writer_end = writer.await.unwrap_or(WriterEnd::Failed);
+    drop(reader);
+    Ended {
+        read: end,
+        relay_close,
+        writer: writer_end,
+    }
+}
+
+async fn drain<R: AsyncRead + Unpin>(reader: &mut MessageReader<R>, peer: &Peer) {
+    while reader.next(peer).await.is_ok() {}
+}

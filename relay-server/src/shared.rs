@@ -1,0 +1,76 @@
+//! State shared by every connection of one running relay.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use relay_core::{Registry, RegistryConfig, SystemClock};
+use tokio::sync::{watch, Semaphore};
+
+use crate::options::RelayOptions;
+use crate::peer::{Peer, PeerLimits, Role};
+
+pub struct Shared {
+    pub registry: Registry<Peer, SystemClock>,
+    pub opts: RelayOptions,
+    /// Flips to true once at shutdown.
+    pub shutdown: watch::Receiver<bool>,
+    /// One permit per live WebSocket connection (`--max-connections`, §8).
+    pub conn_slots: Arc<Semaphore>,
+    pub started: Instant,
+}
+
+impl Shared {
+    pub fn new(opts: RelayOptions, shutdown: watch::Receiver<bool>) -> Self {
+        let registry = Registry::new(
+            RegistryConfig {
+                grace_period: opts.grace_period,
+                phones_per_server: opts.phones_per_server,
+                held_bytes_per_phone: opts.phone_outbox_bytes,
+                reclaim_policy: opts.reclaim_policy,
+                shards: 64,
+            },
+            SystemClock,
+        );
+        Shared {
+            registry,
+            conn_slots: Arc::new(Semaphore::new(opts.max_connections)),
+            opts,
+            shutdown,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub fn new_peer(&self, role: Role, token: Option<relay_core::Token>) -> Peer {
+        let queue_bytes = match role {
+            Role::Binary => self.opts.effective_binary_inbox(),
+            Role::Phone => self.opts.phone_outbox_bytes,
+        };
+        Peer::new(
+            role,
+            token,
+            PeerLimits {
+                heartbeat_interval: self.opts.heartbeat_interval,
+                heartbeat_timeout: self.opts.heartbeat_timeout,
+                write_timeout: self.opts.write_timeout,
+                queue_bytes,
+            },
+        )
+    }
+}
+
+/// Resolves once `rx` reads true (or its sender is gone). Unlike `watch::Receiver::wait_for`,
+/// holds no borrow across the await, so the future stays `Send`.
+pub async fn shutdown_signalled(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
