@@ -68,8 +68,7 @@ impl Close {
     pub const GRACE_EXPIRED: Close = Close::new(CloseCode::INTERNAL, "binary did not reconnect");
     pub const NO_SERVER: Close = Close::new(CloseCode::NOT_FOUND, "no server with that id");
     pub const RECLAIMED: Close = Close::new(CloseCode::NOT_FOUND, "binary reclaimed server-id");
-    pub const ALREADY_CLAIMED: Close =
-        Close::new(CloseCode::CONFLICT, "server-id already claimed");
+    pub const ALREADY_CLAIMED: Close = Close::new(CloseCode::CONFLICT, "server-id already claimed");
     pub const TOO_MANY_PHONES: Close =
         Close::new(CloseCode::TOO_MANY, "too many phones for server-id");
 

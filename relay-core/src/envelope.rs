@@ -243,9 +243,7 @@ fn parse_close_code(raw: &[u8]) -> Result<CloseCode, EnvelopeError> {
     if raw.is_empty() || raw.len() > 5 || !raw.iter().all(u8::is_ascii_digit) {
         return Err(EnvelopeError::InvalidCloseCode);
     }
-    let n = raw
-        .iter()
-        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    let n = raw.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
     u16::try_from(n)
         .ok()
         .and_then(CloseCode::application)
@@ -334,7 +332,8 @@ mod tests {
 
     #[test]
     fn to_phone_last_duplicate_key_wins() {
-        let p = parse_to_phone(br#"{"conn_id":"c-1","frame":1,"frame":2,"conn_id":"c-2"}"#).unwrap();
+        let p =
+            parse_to_phone(br#"{"conn_id":"c-1","frame":1,"frame":2,"conn_id":"c-2"}"#).unwrap();
         assert_eq!((&*p.conn_id, p.frame), ("c-2", Some(&b"2"[..])));
     }
 
@@ -357,16 +356,46 @@ mod tests {
             (b"{\"conn_id\":null,\"frame\":1}", ConnIdNotString),
             (b"{\"conn_id\":\"\",\"frame\":1}", ConnIdEmpty),
             (b"{\"conn_id\":\"c-1\"}", Empty),
-            (b"{\"conn_id\":\"c-1\",\"frame\":null,\"close_code\":0}", Empty),
-            (b"{\"conn_id\":\"c-1\",\"close_code\":1001}", InvalidCloseCode),
-            (b"{\"conn_id\":\"c-1\",\"close_code\":2999}", InvalidCloseCode),
-            (b"{\"conn_id\":\"c-1\",\"close_code\":5000}", InvalidCloseCode),
-            (b"{\"conn_id\":\"c-1\",\"close_code\":70000}", InvalidCloseCode),
-            (b"{\"conn_id\":\"c-1\",\"close_code\":-1000}", InvalidCloseCode),
-            (b"{\"conn_id\":\"c-1\",\"close_code\":1000.0}", InvalidCloseCode),
-            (b"{\"conn_id\":\"c-1\",\"close_code\":1e3}", InvalidCloseCode),
-            (b"{\"conn_id\":\"c-1\",\"close_code\":\"1000\"}", InvalidCloseCode),
-            (b"{\"conn_id\":\"c-1\",\"frame\":1,\"close_code\":true}", InvalidCloseCode),
+            (
+                b"{\"conn_id\":\"c-1\",\"frame\":null,\"close_code\":0}",
+                Empty,
+            ),
+            (
+                b"{\"conn_id\":\"c-1\",\"close_code\":1001}",
+                InvalidCloseCode,
+            ),
+            (
+                b"{\"conn_id\":\"c-1\",\"close_code\":2999}",
+                InvalidCloseCode,
+            ),
+            (
+                b"{\"conn_id\":\"c-1\",\"close_code\":5000}",
+                InvalidCloseCode,
+            ),
+            (
+                b"{\"conn_id\":\"c-1\",\"close_code\":70000}",
+                InvalidCloseCode,
+            ),
+            (
+                b"{\"conn_id\":\"c-1\",\"close_code\":-1000}",
+                InvalidCloseCode,
+            ),
+            (
+                b"{\"conn_id\":\"c-1\",\"close_code\":1000.0}",
+                InvalidCloseCode,
+            ),
+            (
+                b"{\"conn_id\":\"c-1\",\"close_code\":1e3}",
+                InvalidCloseCode,
+            ),
+            (
+                b"{\"conn_id\":\"c-1\",\"close_code\":\"1000\"}",
+                InvalidCloseCode,
+            ),
+            (
+                b"{\"conn_id\":\"c-1\",\"frame\":1,\"close_code\":true}",
+                InvalidCloseCode,
+            ),
         ];
         for (msg, want) in cases {
             assert_eq!(

@@ -165,7 +165,7 @@ impl fmt::Debug for Token {
 pub fn token(value: Option<&[u8]>) -> Result<Option<Token>, HeaderError> {
     match value {
         None => Ok(None),
-        Some(v) if v.is_empty() => Ok(None),
+        Some([]) => Ok(None),
         Some(v) => {
             let s = bounded(TOKEN, Some(v), 512, printable)?;
             // Printable ASCII needs escaping only for the quote and the backslash.
@@ -189,7 +189,12 @@ mod tests {
 
     #[test]
     fn server_id_accepts_uuids_and_the_allowed_punctuation() {
-        for ok in ["3f1c2a9e-8b7d-4c6e-9f00-123456789abc", "a", "A.b_c-d", &"x".repeat(64)] {
+        for ok in [
+            "3f1c2a9e-8b7d-4c6e-9f00-123456789abc",
+            "a",
+            "A.b_c-d",
+            &"x".repeat(64),
+        ] {
             assert_eq!(server_id(Some(ok.as_bytes())).unwrap().as_str(), ok);
         }
     }
@@ -223,13 +228,19 @@ mod tests {
 
     #[test]
     fn user_agent_allows_spaces_up_to_256() {
-        assert_eq!(user_agent(Some(b"pyry/1.0 (linux)")), Ok("pyry/1.0 (linux)"));
+        assert_eq!(
+            user_agent(Some(b"pyry/1.0 (linux)")),
+            Ok("pyry/1.0 (linux)")
+        );
         assert!(user_agent(Some("u".repeat(256).as_bytes())).is_ok());
         assert_eq!(
             user_agent(Some("u".repeat(257).as_bytes())),
             Err(HeaderError::TooLong(USER_AGENT))
         );
-        assert_eq!(user_agent(Some(b"a\tb")), Err(HeaderError::BadChar(USER_AGENT)));
+        assert_eq!(
+            user_agent(Some(b"a\tb")),
+            Err(HeaderError::BadChar(USER_AGENT))
+        );
         assert_eq!(user_agent(None), Err(HeaderError::Missing(USER_AGENT)));
     }
 
@@ -242,7 +253,10 @@ mod tests {
             Ok(Some("Jüri's Pixel 😀"))
         );
         for bad in [&b"a\x01"[..], b"a\x7f", "a\u{85}".as_bytes(), b"\xff"] {
-            assert_eq!(device_name(Some(bad)), Err(HeaderError::BadChar(DEVICE_NAME)));
+            assert_eq!(
+                device_name(Some(bad)),
+                Err(HeaderError::BadChar(DEVICE_NAME))
+            );
         }
         assert_eq!(
             device_name(Some("é".repeat(65).as_bytes())),

@@ -315,9 +315,23 @@ mod tests {
     #[test]
     fn accepts_every_kind_of_value() {
         for ok in [
-            "null", "true", "false", "0", "-0", "1.5", "-12e+3", "1E-2", "1e400", "\"\"",
-            "\"a\\u00e9\\\"\\\\\\/\\b\\f\\n\\r\\t\"", "\"\\ud800\"", "[]", "{}", " [1, {\"a\": [true, null]}] ",
-            "{\"a\":1,\"a\":2}", "\"héllo wörld 😀, long enough to take the fast path\"",
+            "null",
+            "true",
+            "false",
+            "0",
+            "-0",
+            "1.5",
+            "-12e+3",
+            "1E-2",
+            "1e400",
+            "\"\"",
+            "\"a\\u00e9\\\"\\\\\\/\\b\\f\\n\\r\\t\"",
+            "\"\\ud800\"",
+            "[]",
+            "{}",
+            " [1, {\"a\": [true, null]}] ",
+            "{\"a\":1,\"a\":2}",
+            "\"héllo wörld 😀, long enough to take the fast path\"",
             "\t\r\n{ \"k\" : \"v\" }\n",
         ] {
             assert_eq!(validate(ok.as_bytes()), Ok(()), "{ok}");
@@ -327,9 +341,36 @@ mod tests {
     #[test]
     fn rejects_what_the_grammar_does_not_allow() {
         for bad in [
-            "", " ", "nul", "tru", "01", "1.", ".5", "-", "1e", "+1", "NaN", "\"abc", "\"\\x\"",
-            "\"\\u12\"", "\"a\u{1}b\"", "[1,]", "[1 2]", "{\"a\"}", "{\"a\":}", "{a:1}", "{\"a\":1,}",
-            "[", "]", "{", "}", "1 2", "[1]]", "{\"a\":1}}", "'a'", "\"tab\there\"",
+            "",
+            " ",
+            "nul",
+            "tru",
+            "01",
+            "1.",
+            ".5",
+            "-",
+            "1e",
+            "+1",
+            "NaN",
+            "\"abc",
+            "\"\\x\"",
+            "\"\\u12\"",
+            "\"a\u{1}b\"",
+            "[1,]",
+            "[1 2]",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{a:1}",
+            "{\"a\":1,}",
+            "[",
+            "]",
+            "{",
+            "}",
+            "1 2",
+            "[1]]",
+            "{\"a\":1}}",
+            "'a'",
+            "\"tab\there\"",
         ] {
             assert_eq!(validate(bad.as_bytes()), Err(NotJson), "{bad:?}");
         }
@@ -368,7 +409,14 @@ mod tests {
     fn agrees_with_serde_json_on_well_known_cases() {
         // serde_json rejects numbers out of f64 range and lone surrogates; we do not (grammar
         // only), so compare on inputs without those.
-        for s in ["[1,2,3]", "{\"a\":{\"b\":[]}}", "[1,", "{\"a\" 1}", "\"\\u0041\"", "[-0.0e-0]"] {
+        for s in [
+            "[1,2,3]",
+            "{\"a\":{\"b\":[]}}",
+            "[1,",
+            "{\"a\" 1}",
+            "\"\\u0041\"",
+            "[-0.0e-0]",
+        ] {
             let ours = validate(s.as_bytes()).is_ok();
             let theirs = serde_json::from_str::<serde_json::Value>(s).is_ok();
             assert_eq!(ours, theirs, "{s}");
@@ -382,6 +430,9 @@ mod tests {
         assert_eq!(end, s.len());
         assert_eq!(decode_string(s, 0, end), "aA\n😀\u{FFFD}x");
         let plain = br#""c-00ff""#;
-        assert!(matches!(decode_string(plain, 0, plain.len()), Cow::Borrowed("c-00ff")));
+        assert!(matches!(
+            decode_string(plain, 0, plain.len()),
+            Cow::Borrowed("c-00ff")
+        ));
     }
 }

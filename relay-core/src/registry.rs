@@ -381,9 +381,12 @@ pub struct Counts {
     pub server_ids: usize,
 }
 
+/// One lock's share of the server-id map.
+type Shard<C> = Mutex<HashMap<ServerId, Arc<Slot<C>>>>;
+
 /// The registry. See the module docs.
 pub struct Registry<C, K> {
-    shards: Box<[Mutex<HashMap<ServerId, Arc<Slot<C>>>>]>,
+    shards: Box<[Shard<C>]>,
     config: RegistryConfig,
     clock: K,
     next_identity: AtomicU64,
@@ -416,7 +419,7 @@ impl<C: Conn, K: Clock> Registry<C, K> {
         &self.clock
     }
 
-    fn shard(&self, server_id: &str) -> &Mutex<HashMap<ServerId, Arc<Slot<C>>>> {
+    fn shard(&self, server_id: &str) -> &Shard<C> {
         let mut h = DefaultHasher::new();
         server_id.hash(&mut h);
         // The modulo keeps the index in range; truncation of the hash is intended.
@@ -492,7 +495,11 @@ impl<C: Conn, K: Clock> Registry<C, K> {
                         generation: g,
                     });
                 }
-                (Installed::TookOver, Some(incumbent), backlog.unwrap_or_default())
+                (
+                    Installed::TookOver,
+                    Some(incumbent),
+                    backlog.unwrap_or_default(),
+                )
             }
             BinaryState::Grace { backlog, .. } => {
                 self.binaries.fetch_add(1, Ordering::Relaxed);
@@ -576,7 +583,9 @@ impl<C: Conn, K: Clock> Registry<C, K> {
         };
         let mut st = lock(&slot.state);
         match &st.binary {
-            BinaryState::Grace { epoch, deadline, .. } if *epoch == ticket.epoch => {
+            BinaryState::Grace {
+                epoch, deadline, ..
+            } if *epoch == ticket.epoch => {
                 if self.clock.now() < *deadline {
                     return Expiry::NotYet;
                 }
@@ -759,7 +768,10 @@ impl<C: Conn, K: Clock> Registry<C, K> {
 
 /// The next binary has seen nothing from anyone: the first held frame of each phone carries
 /// the token, and phones with nothing held carry it on their next message.
-fn retoken<C: Conn>(phones: &mut HashMap<ConnId, PhoneEntry<C>>, backlog: &mut VecDeque<HeldItem<C>>) {
+fn retoken<C: Conn>(
+    phones: &mut HashMap<ConnId, PhoneEntry<C>>,
+    backlog: &mut VecDeque<HeldItem<C>>,
+) {
     for p in phones.values_mut() {
         p.token_due = true;
     }

@@ -46,7 +46,7 @@ where
     let ended = session::run(&shared, &peer, read, write, prefix, max, |msg| {
         // Until the claim is decided the binary holds nothing: what it sends is discarded (§6.2).
         if let Some(lease) = lease.get() {
-            route(lease, &msg);
+            route(&shared, lease, &msg);
         }
         std::future::ready(Ok(()))
     })
@@ -70,15 +70,17 @@ where
 }
 
 /// §4.2: one envelope from the binary, zero-copy to the phone.
-fn route(lease: &BinaryLease<Peer>, msg: &Bytes) {
+fn route(shared: &Shared, lease: &BinaryLease<Peer>, msg: &Bytes) {
     let env = match envelope::parse_to_phone(msg) {
         Ok(env) => env,
         Err(e) => {
+            shared.stats.malformed_envelope(e);
             warn!(server_id = %lease.server_id(), reason = e.as_str(), "malformed envelope dropped");
             return;
         }
     };
     let Some(phone) = lease.route(&env.conn_id) else {
+        shared.stats.unknown_conn_id();
         debug!(server_id = %lease.server_id(), "envelope for unknown conn_id dropped");
         return;
     };
@@ -137,7 +139,9 @@ async fn claim(
                 if peer.is_done() {
                     return;
                 }
-                outcome = shared.registry.takeover(&server_id, &incumbent, peer.clone());
+                outcome = shared
+                    .registry
+                    .takeover(&server_id, &incumbent, peer.clone());
             }
         }
     }

@@ -40,7 +40,7 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// Every flag also reads `PYRYCODE_RELAY_<FLAG_IN_UPPER_SNAKE>`; the command line wins.
 /// With no listener flag the relay runs in development mode on 127.0.0.1:8080.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "relay-server", version, about, long_about = None)]
+#[command(name = "relay-server", version)]
 pub struct Cli {
     /// Plain HTTP/WS on ADDR, for use behind a TLS-terminating proxy (`:PORT` = all IPv4
     /// interfaces). [default: unset; no listener flag = development mode on 127.0.0.1:8080]
@@ -119,27 +119,6 @@ pub struct Cli {
           value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Listeners")]
     pub https_proxy_protocol: bool,
 
-    /// Use the left-most X-Forwarded-For entry as the client IP for admission limits.
-    /// [default: off]
-    #[arg(long, env = "PYRYCODE_RELAY_TRUST_X_FORWARDED_FOR",
-          value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Admission")]
-    pub trust_x_forwarded_for: bool,
-
-    /// Prometheus /metrics listener; must be a loopback address, empty disables.
-    #[arg(
-        long,
-        env = "PYRYCODE_RELAY_METRICS_LISTEN",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:9090",
-        help_heading = "Operations"
-    )]
-    pub metrics_listen: String,
-
-    /// Log line format on stderr.
-    #[arg(long, env = "PYRYCODE_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text,
-          help_heading = "Operations")]
-    pub log_format: LogFormat,
-
     /// How long a departed binary's server-id stays reclaimable.
     #[arg(long, env = "PYRYCODE_RELAY_GRACE_PERIOD", value_name = "DURATION", default_value = "30s",
           value_parser = parse_duration, help_heading = "Server-id lifecycle")]
@@ -216,6 +195,12 @@ pub struct Cli {
     )]
     pub max_connections_per_ip: usize,
 
+    /// Use the left-most X-Forwarded-For entry as the client IP for admission limits.
+    /// [default: off]
+    #[arg(long, env = "PYRYCODE_RELAY_TRUST_X_FORWARDED_FOR",
+          value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Admission")]
+    pub trust_x_forwarded_for: bool,
+
     /// Live connections allowed in total (503 over it).
     #[arg(
         long,
@@ -240,6 +225,21 @@ pub struct Cli {
     #[arg(long, env = "PYRYCODE_RELAY_HEADER_READ_TIMEOUT", value_name = "DURATION",
           default_value = "5s", value_parser = parse_duration, help_heading = "Admission")]
     pub header_read_timeout: Duration,
+
+    /// Prometheus /metrics listener; must be a loopback address, empty disables.
+    #[arg(
+        long,
+        env = "PYRYCODE_RELAY_METRICS_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9090",
+        help_heading = "Operations"
+    )]
+    pub metrics_listen: String,
+
+    /// Log line format on stderr.
+    #[arg(long, env = "PYRYCODE_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text,
+          help_heading = "Operations")]
+    pub log_format: LogFormat,
 
     /// On SIGTERM/SIGINT, how long to wait for connections to close before exiting.
     #[arg(long, env = "PYRYCODE_RELAY_SHUTDOWN_TIMEOUT", value_name = "DURATION",

@@ -314,7 +314,8 @@ mod tests {
     async fn prefix_bytes_are_read_first() {
         use tokio::io::AsyncReadExt;
         let (_client, server) = tokio::io::duplex(16);
-        let mut r = DeadlineReader::new(server, Bytes::from_static(b"hello"), Duration::from_secs(1));
+        let mut r =
+            DeadlineReader::new(server, Bytes::from_static(b"hello"), Duration::from_secs(1));
         let mut buf = [0u8; 5];
         r.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"hello");

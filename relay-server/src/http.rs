@@ -72,7 +72,10 @@ fn healthz(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
 }
 
 /// The one value of a header; a repeated header is refused as ambiguous.
-fn single<'a>(req: &'a Request<Incoming>, name: &'static str) -> Result<Option<&'a [u8]>, HeaderError> {
+fn single<'a>(
+    req: &'a Request<Incoming>,
+    name: &'static str,
+) -> Result<Option<&'a [u8]>, HeaderError> {
     let mut values = req.headers().get_all(name).iter();
     let first = values.next();
     if values.next().is_some() {
@@ -102,7 +105,8 @@ fn check_headers(
         Endpoint::Client => Hello::Phone(PhoneHello {
             server_id,
             token: headers::token(single(req, headers::TOKEN)?)?,
-            device_name: headers::device_name(single(req, headers::DEVICE_NAME)?)?.map(str::to_owned),
+            device_name: headers::device_name(single(req, headers::DEVICE_NAME)?)?
+                .map(str::to_owned),
             remote,
         }),
     })

@@ -17,6 +17,7 @@ pub mod reader;
 pub mod server;
 pub mod session;
 pub mod shared;
+pub mod stats;
 
 pub use options::RelayOptions;
 pub use server::{Relay, ShutdownHandle};

@@ -11,7 +11,10 @@ use tracing::{error, info, warn};
 fn main() -> ExitCode {
     let config = config::load();
     relay_server::logging::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("relay-server: cannot start the async runtime: {e}");
@@ -26,7 +29,10 @@ async fn serve(config: config::Config) -> ExitCode {
         ListenMode::Development(addr) | ListenMode::Insecure(addr) => *addr,
         // config.rs refuses the TLS modes at boot until they are implemented.
         other => {
-            eprintln!("relay-server: listener mode {} is not available in this build", other.name());
+            eprintln!(
+                "relay-server: listener mode {} is not available in this build",
+                other.name()
+            );
             return ExitCode::from(2);
         }
     };
@@ -46,7 +52,10 @@ async fn serve(config: config::Config) -> ExitCode {
         }
     };
     if let ListenMode::Development(_) = config.listen {
-        warn!(mode = "development", "development mode: plain HTTP on loopback only, not for production");
+        warn!(
+            mode = "development",
+            "development mode: plain HTTP on loopback only, not for production"
+        );
     }
     info!(addr = %bound, mode = %config.listen.name(), "listening");
     let handle = relay.shutdown_handle();
@@ -61,7 +70,10 @@ async fn serve(config: config::Config) -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the relay runs until killed.
         std::future::pending::<()>().await;
         return;

@@ -493,11 +493,9 @@ impl Peer {
                 }
                 continue;
             }
-            let result = tokio::time::timeout(
-                limits.write_timeout,
-                write_batch(&mut sink, &mut batch),
-            )
-            .await;
+            let result =
+                tokio::time::timeout(limits.write_timeout, write_batch(&mut sink, &mut batch))
+                    .await;
             // Whatever was written or dropped no longer counts against the inbox.
             self.release_inbox(batch.bytes);
             batch.messages.clear();

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use relay_core::envelope::{self, close_notice};
-use relay_core::{Close, CloseCode, Conn, Departure, PhoneLease, Registration, ServerId, ToBinary, Token};
+use relay_core::{
+    Close, CloseCode, Conn, Departure, PhoneLease, Registration, ServerId, ToBinary, Token,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
@@ -28,7 +30,10 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let peer = shared.new_peer(Role::Phone, hello.token);
-    let lease = match shared.registry.register_phone(&hello.server_id, peer.clone()) {
+    let lease = match shared
+        .registry
+        .register_phone(&hello.server_id, peer.clone())
+    {
         Registration::Attached(lease) | Registration::Pending(lease) => Some(lease),
         Registration::NoServer => {
             peer.close(Close::NO_SERVER);

@@ -155,7 +155,10 @@ mod tests {
             close_frame(&[0x03, 0xe8]),
             ReadEnd::PeerClosed(Some(CloseCode::NORMAL))
         );
-        assert_eq!(close_frame(&[0x03, 0xed]), ReadEnd::Violation(Close::PROTOCOL_ERROR)); // 1005
+        assert_eq!(
+            close_frame(&[0x03, 0xed]),
+            ReadEnd::Violation(Close::PROTOCOL_ERROR)
+        ); // 1005
         assert_eq!(
             close_frame(&[0x0f, 0xa0, 0xff]),
             ReadEnd::Violation(Close::INVALID_UTF8)

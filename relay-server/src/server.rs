@@ -64,6 +64,11 @@ impl Relay {
         self.shared.registry.counts()
     }
 
+    /// The state shared by the relay's connections: registry, counters, options.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Serves until shutdown, then drains. Returns whether every connection finished in time.
     pub async fn run(self) -> bool {
         let Relay {

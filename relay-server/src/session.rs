@@ -38,7 +38,8 @@ where
     Fut: Future<Output = Result<(), Close>>,
 {
     let writer = tokio::spawn(peer.clone().run_writer(write, shared.shutdown.clone()));
-    let mut reader = MessageReader::new(read, prefix, max_message, shared.opts.message_read_timeout);
+    let mut reader =
+        MessageReader::new(read, prefix, max_message, shared.opts.message_read_timeout);
     let end = loop {
         // Dropping `next` mid-frame is only allowed because the connection is over then.
         let next = tokio::select! {
@@ -69,10 +70,10 @@ where
         peer.mark_reader_gone();
     } else {
         // Keep reading until the peer answers our close (or the writer gives up).
-        let _ = tokio::select! {
-            _ = peer.done() => (),
-            _ = drain(&mut reader, peer) => (),
-        };
+        tokio::select! {
+            _ = peer.done() => {}
+            _ = drain(&mut reader, peer) => {}
+        }
         peer.mark_reader_gone();
     }
     let writer_end = writer.await.unwrap_or(WriterEnd::Failed);

@@ -8,6 +8,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::options::RelayOptions;
 use crate::peer::{Peer, PeerLimits, Role};
+use crate::stats::Stats;
 
 pub struct Shared {
     pub registry: Registry<Peer, SystemClock>,
@@ -17,6 +18,7 @@ pub struct Shared {
     /// One permit per live WebSocket connection (`--max-connections`, §8).
     pub conn_slots: Arc<Semaphore>,
     pub started: Instant,
+    pub stats: Stats,
 }
 
 impl Shared {
@@ -37,6 +39,7 @@ impl Shared {
             opts,
             shutdown,
             started: Instant::now(),
+            stats: Stats::default(),
         }
     }
 
