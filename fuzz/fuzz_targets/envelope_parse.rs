@@ -1,0 +1,23 @@
+//! The binary→phone envelope parser (§4.2) on arbitrary bytes: never panics, and what it
+//! returns is consistent with serde_json whenever serde_json can read the input.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use relay_core::{envelope, json};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(env) = envelope::parse_to_phone(data) else {
+        return;
+    };
+    assert!(json::validate(data).is_ok(), "accepted an envelope that is not JSON");
+    assert!(!env.conn_id.is_empty());
+    assert!(env.frame.is_some() || env.close.is_some());
+    if let Some(frame) = env.frame {
+        // The frame is a sub-slice of the input and is itself JSON.
+        let start = frame.as_ptr() as usize - data.as_ptr() as usize;
+        assert!(start + frame.len() <= data.len());
+        assert!(json::validate(frame).is_ok());
+    }
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(data) {
+        assert_eq!(map.get("conn_id").and_then(|v| v.as_str()), Some(&*env.conn_id));
+    }
+});
