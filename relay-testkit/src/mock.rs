@@ -134,7 +134,10 @@ mod tests {
         c.close(Close::TOO_BIG);
         assert_eq!(c.closed(), Some(Close::NORMAL));
         assert_eq!(c.close_calls(), 2);
-        assert!(matches!(c.send(Bytes::from_static(b"b")), Err(SendError::Closed(_))));
+        assert!(matches!(
+            c.send(Bytes::from_static(b"b")),
+            Err(SendError::Closed(_))
+        ));
         assert_eq!(c.sent_text(), vec!["a"]);
     }
 
@@ -142,7 +145,10 @@ mod tests {
     fn over_budget_is_full_and_closes_backlog_full() {
         let c = MockConn::with_budget(Some(3));
         c.send(Bytes::from_static(b"ab")).unwrap();
-        assert!(matches!(c.send(Bytes::from_static(b"cd")), Err(SendError::Full(_))));
+        assert!(matches!(
+            c.send(Bytes::from_static(b"cd")),
+            Err(SendError::Full(_))
+        ));
         assert_eq!(c.closed(), Some(Close::BACKLOG_FULL));
     }
 }
