@@ -446,6 +446,7 @@ impl Peer {
         let mut awaiting: Option<(Instant, u64)> = None;
         let heartbeat = sleep_until(next_ping);
         tokio::pin!(heartbeat);
+        let mut shutdown_requested = false;
         let end = loop {
             let mut batch = self.take_batch(&mut spare);
             let idle = batch.pong.is_none()
@@ -457,6 +458,13 @@ impl Peer {
                 if self.inner.reader_gone.load(Ordering::Acquire) {
                     // The peer vanished: nobody is left to write to.
                     break WriterEnd::Failed;
+                }
+                // Shutdown may have begun while a write was in progress (or before this writer
+                // started); the select below only sees it flip while idle.
+                if !shutdown_requested && *shutdown.borrow() {
+                    shutdown_requested = true;
+                    self.close(Close::SHUTTING_DOWN);
+                    continue;
                 }
                 let wake = heartbeat_deadline(next_ping, awaiting);
                 if heartbeat.deadline() != wake {
@@ -556,6 +564,9 @@ fn head(opcode: OpCode, payload: &[u8], out: &mut [u8; 16]) -> usize {
 
 /// Writes pong, ping, messages and close of one batch with as few syscalls as the kernel
 /// allows: one vectored write of every frame head and payload, no copy of the payloads.
+///
+/// The frame heads live in one heap buffer made per batch (not in this future's state),
+/// so an idle connection's writer task stays small (§ memory per connection).
 async fn write_batch<W: AsyncWrite + Unpin>(sink: &mut W, batch: &mut Batch) -> io::Result<()> {
     let close_payload: Option<Vec<u8>> = batch.close.map(|c| {
         let mut p = Vec::with_capacity(2 + c.reason.len());
@@ -565,40 +576,33 @@ async fn write_batch<W: AsyncWrite + Unpin>(sink: &mut W, batch: &mut Batch) -> 
     });
     // Frames in wire order: pong first (§7: answer pings whatever is queued), ping, the
     // messages, and the close frame last.
-    let mut frames: [(OpCode, &[u8]); BATCH + 3] = [(OpCode::Text, &[]); BATCH + 3];
-    let mut n = 0;
+    let mut frames: Vec<(OpCode, &[u8])> = Vec::with_capacity(batch.messages.len() + 3);
     if let Some(p) = &batch.pong {
-        frames[n] = (OpCode::Pong, p);
-        n += 1;
+        frames.push((OpCode::Pong, p));
     }
     if batch.ping {
-        frames[n] = (OpCode::Ping, &[]);
-        n += 1;
+        frames.push((OpCode::Ping, &[]));
     }
-    for m in &batch.messages {
-        frames[n] = (OpCode::Text, m);
-        n += 1;
-    }
+    frames.extend(batch.messages.iter().map(|m| (OpCode::Text, &m[..])));
     if let Some(p) = &close_payload {
-        frames[n] = (OpCode::Close, p);
-        n += 1;
+        frames.push((OpCode::Close, p));
     }
-    let mut heads = [[0u8; 16]; BATCH + 3];
-    let mut head_lens = [0usize; BATCH + 3];
-    for (i, (op, payload)) in frames[..n].iter().enumerate() {
-        head_lens[i] = head(*op, payload, &mut heads[i]);
+    let mut heads = vec![0u8; 16 * frames.len()];
+    let mut head_lens = Vec::with_capacity(frames.len());
+    for ((op, payload), head_buf) in frames.iter().zip(heads.chunks_exact_mut(16)) {
+        let mut h = [0u8; 16];
+        let n = head(*op, payload, &mut h);
+        head_buf[..n].copy_from_slice(&h[..n]);
+        head_lens.push(n);
     }
-    let mut slices = [IoSlice::new(&[]); 2 * (BATCH + 3)];
-    let mut s = 0;
-    for (i, (_, payload)) in frames[..n].iter().enumerate() {
-        slices[s] = IoSlice::new(&heads[i][..head_lens[i]]);
-        s += 1;
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * frames.len());
+    for (((_, payload), head_buf), n) in frames.iter().zip(heads.chunks_exact(16)).zip(&head_lens) {
+        slices.push(IoSlice::new(&head_buf[..*n]));
         if !payload.is_empty() {
-            slices[s] = IoSlice::new(payload);
-            s += 1;
+            slices.push(IoSlice::new(payload));
         }
     }
-    let mut rest: &mut [IoSlice<'_>] = &mut slices[..s];
+    let mut rest: &mut [IoSlice<'_>] = &mut slices;
     while !rest.is_empty() {
         let written = sink.write_vectored(rest).await?;
         if written == 0 {
