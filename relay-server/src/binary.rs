@@ -22,12 +22,49 @@ pub struct BinaryHello {
     pub remote: std::net::SocketAddr,
 }
 
-pub async fn serve<R, W>(shared: Arc<Shared>, hello: BinaryHello, read: R, write: W, prefix: Bytes)
+/// A binary whose claim (§6.1) was made before its 101 went out: once the binary sees the
+/// 101, a phone it tells to connect finds the server-id held (or in grace), never 4404. Only a
+/// conflict's probe (§6.2) is left for after the upgrade.
+pub struct Claiming {
+    hello: BinaryHello,
+    peer: Peer,
+    outcome: Claim<Peer>,
+}
+
+/// Claims `hello.server_id` for a new binary connection. Call right before answering 101.
+pub fn claim_before_upgrade(shared: &Shared, hello: BinaryHello) -> Claiming {
+    let peer = shared.new_peer(Role::Binary, None);
+    let outcome = shared.registry.claim(&hello.server_id, peer.clone());
+    Claiming {
+        hello,
+        peer,
+        outcome,
+    }
+}
+
+impl Claiming {
+    /// The upgrade never completed: the binary is gone as soon as it came.
+    pub fn abandon(self, shared: &Arc<Shared>) {
+        self.peer.finish();
+        if let Claim::Claimed(mut claimed) = self.outcome {
+            claimed.apply();
+            if let Some(ticket) = shared.registry.release(&claimed.lease) {
+                tokio::spawn(grace_timer(shared.clone(), ticket));
+            }
+        }
+    }
+}
+
+pub async fn serve<R, W>(shared: Arc<Shared>, claiming: Claiming, read: R, write: W, prefix: Bytes)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = shared.new_peer(Role::Binary, None);
+    let Claiming {
+        hello,
+        peer,
+        outcome,
+    } = claiming;
     info!(
         server_id = %hello.server_id,
         conn_id = %peer.id(),
@@ -36,11 +73,15 @@ where
         "binary connected"
     );
     let lease: Arc<OnceLock<BinaryLease<Peer>>> = Arc::new(OnceLock::new());
+    if let Claim::Claimed(claimed) = &outcome {
+        let _ = lease.set(claimed.lease.clone());
+    }
     let claim = tokio::spawn(claim(
         shared.clone(),
         hello.server_id.clone(),
         peer.clone(),
         lease.clone(),
+        outcome,
     ));
     let max = shared.opts.max_binary_message();
     let ended = session::run(&shared, &peer, read, write, prefix, max, |msg| {
@@ -98,8 +139,8 @@ async fn claim(
     server_id: ServerId,
     peer: Peer,
     lease: Arc<OnceLock<BinaryLease<Peer>>>,
+    mut outcome: Claim<Peer>,
 ) {
-    let mut outcome = shared.registry.claim(&server_id, peer.clone());
     loop {
         match outcome {
             Claim::Claimed(mut claimed) => {

@@ -594,16 +594,36 @@ impl Config {
 }
 
 /// For `main`: the validated config, or the process ends here. `--help`/`--version` print to
-/// stdout and exit 0; clap usage errors and every [`BootError`] exit 2, before anything binds.
+/// stdout and exit 0; clap usage errors and every [`BootError`] print one line
+/// `relay-server: …` to stderr and exit 2, before anything binds.
 pub fn load() -> Config {
     match Config::from_args(std::env::args_os(), &BootContext::detect()) {
         Ok(config) => config,
-        Err(BootError::Usage(err)) => err.exit(),
+        Err(BootError::Usage(err)) if !err.use_stderr() => err.exit(),
+        Err(BootError::Usage(err)) => {
+            eprintln!("relay-server: {}", usage_line(&err));
+            std::process::exit(2)
+        }
         Err(err) => {
             eprintln!("relay-server: {err}");
             std::process::exit(2)
         }
     }
+}
+
+/// clap's multi-line usage error as one line: the error and its hints, without the usage
+/// synopsis and the "try --help" footer.
+fn usage_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .collect();
+    let line = parts.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_owned()
 }
 
 /// Resolves the one listener mode (§9), refusing mixes and flags the mode would ignore.

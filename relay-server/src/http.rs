@@ -89,6 +89,12 @@ enum Hello {
     Phone(PhoneHello),
 }
 
+/// A connection about to get its 101.
+enum Upgrading {
+    Binary(binary::Claiming),
+    Phone(PhoneHello),
+}
+
 fn check_headers(
     req: &Request<Incoming>,
     endpoint: Endpoint,
@@ -148,12 +154,21 @@ fn upgrade(
             return empty(StatusCode::BAD_REQUEST);
         }
     };
+    // §6.1: a binary claims before its 101 goes out, so the server-id is held by the time it
+    // can tell a phone to connect.
+    let upgrading = match hello {
+        Hello::Binary(h) => Upgrading::Binary(binary::claim_before_upgrade(&shared, h)),
+        Hello::Phone(h) => Upgrading::Phone(h),
+    };
     tokio::spawn(async move {
         let _slot = slot;
         let ws = match fut.await {
             Ok(ws) => ws,
             Err(e) => {
                 debug!(remote = %remote, err = %e, "upgrade did not complete");
+                if let Upgrading::Binary(claiming) = upgrading {
+                    claiming.abandon(&shared);
+                }
                 return;
             }
         };
@@ -162,24 +177,28 @@ fn upgrade(
             Ok(parts) => {
                 // Plain TCP: owned halves, no lock between reader and writer.
                 let (r, w) = parts.io.into_inner().into_split();
-                run(shared, hello, r, w, parts.read_buf).await;
+                // The leftover bytes are a view into hyper's whole read buffer: copy the few
+                // bytes out so that buffer is freed now, not kept for the connection's life.
+                let prefix = Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
+                run(shared, upgrading, r, w, prefix).await;
             }
             Err(upgraded) => {
                 let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-                run(shared, hello, r, w, Bytes::new()).await;
+                run(shared, upgrading, r, w, Bytes::new()).await;
             }
         }
     });
     response.map(|_| Full::new(Bytes::new()))
 }
 
-async fn run<R, W>(shared: Arc<Shared>, hello: Hello, r: R, w: W, prefix: Bytes)
+async fn run<R, W>(shared: Arc<Shared>, upgrading: Upgrading, r: R, w: W, prefix: Bytes)
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    match hello {
-        Hello::Binary(h) => binary::serve(shared, h, r, w, prefix).await,
-        Hello::Phone(h) => phone::serve(shared, h, r, w, prefix).await,
+    match upgrading {
+        Upgrading::Binary(c) => binary::serve(shared, c, r, w, prefix).await,
+        Upgrading::Phone(h) => phone::serve(shared, h, r, w, prefix).await,
     }
 }

@@ -1,0 +1,543 @@
+//! The real `relay-server` binary as an operator runs it (protocol.md §9, §10): boot errors,
+//! `--version`/`--help`, environment variables, the startup line, signals, exit codes.
+//!
+//! Every child is killed when its handle drops, so a failing test leaves no relay behind.
+//! Children run with an empty environment, so a `PYRYCODE_RELAY_*` variable of the calling
+//! shell cannot change what a test sees.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use relay_testkit::client::{fresh_server_id, FakeBinary, FakePhone};
+
+const RELAY: &str = env!("CARGO_BIN_EXE_relay-server");
+
+/// How long any child gets to reach the state a test waits for.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Every flag protocol.md names (§2–§10), in case the file is not beside the repository.
+const CONTRACT_FLAGS: &[&str] = &[
+    "--acme-ca-root",
+    "--acme-directory",
+    "--cert-cache",
+    "--conflict-probe-timeout",
+    "--domain",
+    "--grace-period",
+    "--header-read-timeout",
+    "--heartbeat-interval",
+    "--heartbeat-timeout",
+    "--http-listen",
+    "--https-listen",
+    "--https-proxy-protocol",
+    "--insecure-listen",
+    "--log-format",
+    "--max-connections",
+    "--max-connections-per-ip",
+    "--max-message-size",
+    "--message-read-timeout",
+    "--metrics-listen",
+    "--phone-outbox-bytes",
+    "--phones-per-server",
+    "--rate-limit-burst",
+    "--rate-limit-per-minute",
+    "--reclaim-policy",
+    "--shutdown-timeout",
+    "--tls-cert",
+    "--tls-key",
+    "--trust-x-forwarded-for",
+    "--write-timeout",
+];
+
+fn relay(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(RELAY);
+    cmd.args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A finished child: exit code and everything it printed.
+#[derive(Debug)]
+struct Exited {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a command that is expected to exit on its own; kills it and fails if it does not.
+fn run_to_exit(mut cmd: Command) -> Exited {
+    let mut child = cmd.spawn().expect("spawn relay-server");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("relay-server did not exit: it started serving instead");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Exited {
+        code: status.code(),
+        stdout,
+        stderr,
+    }
+}
+
+/// A port nobody else can bind while this lives.
+fn hold_a_port() -> (TcpListener, String) {
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let addr = held.local_addr().unwrap().to_string();
+    (held, addr)
+}
+
+/// §10: a boot error prints one clear line to stderr and exits 2 before binding anything.
+/// `{held}` in `args` becomes the address of a port this test holds: a relay that bound
+/// before validating would fail with exit 1 there instead.
+fn assert_boot_error(args: &[&str], env: &[(&str, &str)], mentions: &[&str]) {
+    let (_held, held_addr) = hold_a_port();
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.replace("{held}", &held_addr))
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_to_exit(relay(&args, env));
+    assert_eq!(out.code, Some(2), "exit code for {args:?}: {out:?}");
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "one line on stderr for {args:?}: {out:?}");
+    assert!(
+        lines[0].starts_with("relay-server: "),
+        "the line says who is talking: {:?}",
+        lines[0]
+    );
+    for m in mentions {
+        assert!(lines[0].contains(m), "{:?} names {m:?}", lines[0]);
+    }
+    assert!(!out.stderr.contains("listening"), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+#[test]
+fn unparsable_duration_is_a_boot_error_naming_the_flag() {
+    assert_boot_error(
+        &["--insecure-listen", "{held}", "--grace-period", "nope"],
+        &[],
+        &["--grace-period", "nope"],
+    );
+}
+
+#[test]
+fn unknown_reclaim_policy_is_a_boot_error_naming_the_flag() {
+    assert_boot_error(
+        &["--insecure-listen", "{held}", "--reclaim-policy", "bogus"],
+        &[],
+        &["--reclaim-policy", "bogus"],
+    );
+}
+
+#[test]
+fn bad_value_in_an_environment_variable_is_a_boot_error_naming_the_flag() {
+    assert_boot_error(
+        &["--insecure-listen", "{held}"],
+        &[("PYRYCODE_RELAY_GRACE_PERIOD", "soon")],
+        &["--grace-period"],
+    );
+}
+
+#[test]
+fn unknown_flag_is_a_boot_error() {
+    assert_boot_error(
+        &["--insecure-listen", "{held}", "--no-such-flag"],
+        &[],
+        &["--no-such-flag"],
+    );
+}
+
+#[test]
+fn insecure_listen_with_tls_cert_is_a_boot_error() {
+    // §9: mixing modes.
+    assert_boot_error(
+        &["--insecure-listen", "{held}", "--tls-cert", "x"],
+        &[],
+        &["--insecure-listen", "--tls-cert"],
+    );
+}
+
+#[test]
+fn tls_mode_is_refused_while_not_implemented() {
+    // Asking for TLS must never silently give plain HTTP.
+    assert_boot_error(
+        &[
+            "--tls-cert",
+            "x",
+            "--tls-key",
+            "y",
+            "--https-listen",
+            "{held}",
+        ],
+        &[],
+        &["--tls-cert", "not implemented"],
+    );
+}
+
+#[test]
+fn production_refuses_development_mode() {
+    // §9: PYRYCODE_RELAY_PRODUCTION=1 with no mode flag.
+    assert_boot_error(
+        &[],
+        &[("PYRYCODE_RELAY_PRODUCTION", "1")],
+        &["PYRYCODE_RELAY_PRODUCTION", "development"],
+    );
+}
+
+#[test]
+fn production_refuses_insecure_listen() {
+    assert_boot_error(
+        &["--insecure-listen", "{held}"],
+        &[("PYRYCODE_RELAY_PRODUCTION", "1")],
+        &["PYRYCODE_RELAY_PRODUCTION", "--insecure-listen"],
+    );
+}
+
+#[test]
+fn metrics_listen_on_a_non_loopback_address_is_a_boot_error() {
+    // §10: the metrics address must be a loopback address.
+    assert_boot_error(
+        &[
+            "--insecure-listen",
+            "{held}",
+            "--metrics-listen",
+            "0.0.0.0:9090",
+        ],
+        &[],
+        &["--metrics-listen", "loopback"],
+    );
+}
+
+#[test]
+fn version_prints_the_version_and_exits_0() {
+    let out = run_to_exit(relay(&["--version"], &[]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        format!("relay-server {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// Every `--flag` protocol.md names, read from the contract when it is beside the repository.
+fn contract_flags() -> Vec<String> {
+    let mut flags: Vec<String> = CONTRACT_FLAGS.iter().map(|f| f.to_string()).collect();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/protocol.md");
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            for (i, _) in text.match_indices("--") {
+                let name: String = text[i + 2..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+                    .collect();
+                let flag = format!("--{name}");
+                if name.starts_with(|c: char| c.is_ascii_lowercase())
+                    && !["--help", "--version"].contains(&flag.as_str())
+                    && !flags.contains(&flag)
+                {
+                    flags.push(flag);
+                }
+            }
+        }
+        Err(_) => println!("note: {path} not found; checking the built-in flag list only"),
+    }
+    flags
+}
+
+/// The help entry of `flag`: its line and the indented lines under it.
+fn help_entry<'a>(help: &'a str, flag: &str) -> Option<Vec<&'a str>> {
+    let mut lines = help.lines();
+    lines.find(|l| {
+        let t = l.trim_start();
+        t == flag || t.starts_with(&format!("{flag} ")) || t.contains(&format!(", {flag}"))
+    })?;
+    // It ends at the next option line ("  -h, --help", "      --flag") or heading; the
+    // deeper-indented "- value: ..." lines of possible values belong to it.
+    let entry = lines
+        .take_while(|l| {
+            let t = l.trim_start();
+            let indent = l.len() - t.len();
+            t.is_empty() || (indent > 0 && !(indent <= 6 && t.starts_with('-')))
+        })
+        .collect();
+    Some(entry)
+}
+
+#[test]
+fn help_documents_every_contract_flag_with_its_default_and_env_var() {
+    // §10: "--help documents every flag with its default"; every flag reads
+    // PYRYCODE_RELAY_<FLAG_IN_UPPER_SNAKE>.
+    let out = run_to_exit(relay(&["--help"], &[]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for flag in contract_flags() {
+        let entry = help_entry(&out.stdout, &flag)
+            .unwrap_or_else(|| panic!("{flag} is missing from --help"))
+            .join("\n");
+        assert!(
+            entry.contains("[default: "),
+            "{flag} shows its default:\n{entry}"
+        );
+        let var = format!(
+            "PYRYCODE_RELAY_{}",
+            flag.trim_start_matches("--")
+                .replace('-', "_")
+                .to_uppercase()
+        );
+        assert!(entry.contains(&var), "{flag} names {var}:\n{entry}");
+    }
+}
+
+/// A running relay-server: stderr lines arrive through a channel; killed on drop.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut child = relay(args, env).spawn().expect("spawn relay-server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        // Keeps draining stderr for the child's whole life, so logging never blocks it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next stderr line containing `needle`, or `None` if stderr ended first.
+    fn line_with(&mut self, needle: &str) -> Option<String> {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return Some(line.clone());
+        }
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Some(line);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "no stderr line with {needle:?} in time; saw {:?}",
+                        self.seen
+                    )
+                }
+            }
+        }
+    }
+
+    /// Parses `listening addr=IP:PORT mode=MODE` (§10 startup line).
+    fn listening(&mut self) -> (SocketAddr, String) {
+        let line = self
+            .line_with("listening addr=")
+            .unwrap_or_else(|| panic!("relay-server exited before listening: {:?}", self.seen));
+        let field = |name: &str| -> String {
+            let start = line.find(&format!("{name}=")).expect(name) + name.len() + 1;
+            line[start..]
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let addr = field("addr").parse().expect("addr=IP:PORT");
+        (addr, field("mode"))
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig}");
+    }
+
+    /// Waits for the child to exit on its own and returns its exit code.
+    async fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay-server still running after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fake binary and phone through the relay at `addr`, a message each way.
+async fn round_trip(addr: SocketAddr) -> (FakeBinary, FakePhone) {
+    let id = fresh_server_id();
+    let mut binary = FakeBinary::connect(addr, &id)
+        .await
+        .expect("binary upgrades");
+    let mut phone = FakePhone::connect(addr, &id).await.expect("phone upgrades");
+    phone.send_text(r#"{"hello": "binary"}"#).await.unwrap();
+    let env = binary.recv_envelope().await.unwrap();
+    assert_eq!(env.frame(), Some(r#"{"hello": "binary"}"#));
+    binary
+        .send_to(&env.conn_id, r#"{"hello":"phone"}"#)
+        .await
+        .unwrap();
+    assert_eq!(phone.recv_text().await.unwrap(), r#"{"hello":"phone"}"#);
+    (binary, phone)
+}
+
+#[tokio::test]
+async fn startup_line_names_the_bound_address_and_mode() {
+    // §10: "listening addr=127.0.0.1:40123 mode=insecure", so :0 ports can be discovered.
+    let mut relay = Running::spawn(&["--insecure-listen", "127.0.0.1:0"], &[]);
+    let (addr, mode) = relay.listening();
+    assert_eq!(mode, "insecure");
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 0, "the real port, not the requested :0");
+    round_trip(addr).await;
+}
+
+#[tokio::test]
+async fn flags_are_read_from_environment_variables() {
+    // §10: every flag also reads PYRYCODE_RELAY_<FLAG_IN_UPPER_SNAKE>.
+    let mut relay = Running::spawn(&[], &[("PYRYCODE_RELAY_INSECURE_LISTEN", "127.0.0.1:0")]);
+    let (addr, mode) = relay.listening();
+    assert_eq!(mode, "insecure");
+    assert_ne!(addr.port(), 0);
+    round_trip(addr).await;
+}
+
+async fn signal_drains_connections_and_exits_0(sig: &str) {
+    // §10: on SIGTERM or SIGINT stop accepting, close every WebSocket with 1001 "shutting
+    // down", wait at most --shutdown-timeout, exit 0.
+    let shutdown_timeout = Duration::from_secs(3);
+    let mut relay = Running::spawn(
+        &[
+            "--insecure-listen",
+            "127.0.0.1:0",
+            "--shutdown-timeout",
+            "3s",
+        ],
+        &[],
+    );
+    let (addr, _) = relay.listening();
+    let (mut binary, mut phone) = round_trip(addr).await;
+
+    relay.signal(sig);
+    let signalled = Instant::now();
+    let (b, p) = tokio::join!(binary.expect_close(), phone.expect_close());
+    let shutting_down = (1001, "shutting down".to_owned());
+    assert_eq!(b.unwrap(), shutting_down, "binary");
+    assert_eq!(p.unwrap(), shutting_down, "phone");
+    assert_eq!(relay.exit_code(PATIENCE).await, Some(0));
+    assert!(
+        signalled.elapsed() <= shutdown_timeout,
+        "exited {:?} after the signal",
+        signalled.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_websocket_1001_and_exits_0() {
+    signal_drains_connections_and_exits_0("TERM").await;
+}
+
+#[tokio::test]
+async fn sigint_closes_every_websocket_1001_and_exits_0() {
+    signal_drains_connections_and_exits_0("INT").await;
+}
+
+#[test]
+fn address_in_use_exits_1() {
+    // §10: failing to bind a listener exits 1 (not 2: the configuration was fine).
+    let (_held, held_addr) = hold_a_port();
+    let out = run_to_exit(relay(&["--insecure-listen", &held_addr], &[]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(&held_addr),
+        "names the address: {out:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_flags_runs_development_mode_on_loopback_8080_and_says_so() {
+    // §9: development mode is plain HTTP/WS on 127.0.0.1:8080, loopback only, says so at start.
+    match TcpListener::bind("127.0.0.1:8080") {
+        Ok(probe) => drop(probe),
+        Err(e) => {
+            println!("note: 127.0.0.1:8080 is busy ({e}); development-mode check skipped");
+            return;
+        }
+    }
+    let mut relay = Running::spawn(&[], &[]);
+    let Some(line) = relay.line_with("listening addr=") else {
+        println!(
+            "note: relay-server could not take 127.0.0.1:8080 ({:?}); check skipped",
+            relay.seen
+        );
+        return;
+    };
+    assert!(
+        line.contains("listening addr=127.0.0.1:8080 mode=development"),
+        "{line}"
+    );
+    assert!(
+        relay.seen.iter().any(|l| l.contains("development mode")),
+        "says so at start: {:?}",
+        relay.seen
+    );
+    round_trip("127.0.0.1:8080".parse().unwrap()).await;
+}
