@@ -13,6 +13,9 @@
 //!   routing goes through a lease ([`BinaryLease`], [`PhoneLease`]) that points straight at the
 //!   slot, so messages of different server-ids never touch a shared lock.
 //! - Order when both are taken: shard, then slot.
+//! - The live counts change inside the critical section that makes the change (server-ids
+//!   under the shard lock, binaries and phones under the slot lock), so a decrement can never
+//!   overtake the increment it undoes.
 //!
 //! Identity instead of cancellation: every installed binary gets a fresh generation and every
 //! grace period a fresh epoch. A release, an expiry or a route that names a generation or epoch
@@ -460,9 +463,11 @@ impl<C: Conn, K: Clock> Registry<C, K> {
                     }),
                 });
                 v.insert(slot.clone());
-                drop(shard);
+                // Counted before the lock is dropped, like every count change: an expiry's
+                // decrement must never overtake the increment it undoes.
                 self.binaries.fetch_add(1, Ordering::Relaxed);
                 self.server_ids.fetch_add(1, Ordering::Relaxed);
+                drop(shard);
                 return Claim::Claimed(Claimed {
                     lease: BinaryLease { slot, generation },
                     how: Installed::Fresh,
@@ -565,8 +570,8 @@ impl<C: Conn, K: Clock> Registry<C, K> {
         for p in st.phones.values_mut() {
             p.token_due = true;
         }
-        drop(st);
         self.binaries.fetch_sub(1, Ordering::Relaxed);
+        drop(st);
         Some(GraceTicket {
             server_id: lease.slot.server_id.clone(),
             deadline,
@@ -593,12 +598,12 @@ impl<C: Conn, K: Clock> Registry<C, K> {
             _ => return Expiry::Stale,
         }
         shard.remove(ticket.server_id.as_str());
+        self.server_ids.fetch_sub(1, Ordering::Relaxed);
         drop(shard);
         st.binary = BinaryState::Freed;
         let phones: Vec<C> = st.phones.drain().map(|(_, p)| p.conn).collect();
-        drop(st);
         self.phones.fetch_sub(phones.len(), Ordering::Relaxed);
-        self.server_ids.fetch_sub(1, Ordering::Relaxed);
+        drop(st);
         Expiry::Expired(phones)
     }
 
@@ -660,8 +665,8 @@ impl<C: Conn, K: Clock> Registry<C, K> {
                 held_bytes: 0,
             },
         );
-        drop(st);
         self.phones.fetch_add(1, Ordering::Relaxed);
+        drop(st);
         let lease = PhoneLease {
             slot,
             conn_id,
@@ -708,8 +713,11 @@ impl<C: Conn, K: Clock> Registry<C, K> {
                 None
             }
             BinaryState::Grace { backlog, .. } => {
-                if !entry.attached {
-                    // A pending phone that leaves before any binary saw it leaves no trace.
+                if !entry.attached || lease.policy == ReclaimPolicy::Evict {
+                    // No binary will get a notice for this phone: a pending one was never
+                    // seen, and under evict the slot changes hands (§4.3). So no binary may
+                    // get its held frames either (held since a handover that never finished):
+                    // they would name a conn_id that is never closed.
                     backlog.retain(|item| item.phone.id() != &lease.conn_id);
                 } else if let (Some(code), ReclaimPolicy::Inherit) = (code, lease.policy) {
                     backlog.push_back(HeldItem {
