@@ -160,7 +160,7 @@ fn field(b: &[u8], start: usize, end: usize) -> Field {
 /// Parses a binary → phone envelope. Unknown fields are ignored; a repeated key's last value
 /// wins (as Go's encoding/json does). The whole message must be valid JSON.
 pub fn parse_to_phone(input: &[u8]) -> Result<ToPhone<'_>, EnvelopeError> {
-    std::str::from_utf8(input).map_err(|_| EnvelopeError::NotJson)?;
+    // UTF-8 is checked inside strings by the scanner; nothing else may be non-ASCII.
     let b = input;
     let mut i = json::skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {

@@ -2,8 +2,8 @@
 //!
 //! The relay must check that a phone's message is JSON and find the exact byte span of a
 //! binary's `frame` value, but never needs the values themselves. So this module only walks
-//! the grammar: iteratively (deep nesting cannot overflow the stack), with a word-at-a-time
-//! fast path through string bodies, and with no allocation unless nesting passes 128 levels.
+//! the grammar: iteratively (deep nesting cannot overflow the stack), with a SIMD fast path
+//! through string bodies, and with no allocation unless nesting passes 128 levels.
 //! Grammar only: `1e400`, lone-surrogate escapes and duplicate keys are valid.
 
 use std::borrow::Cow;
@@ -15,7 +15,8 @@ pub struct NotJson;
 
 /// Checks that `input` is exactly one JSON text: UTF-8, one value, optional whitespace around.
 pub fn validate(input: &[u8]) -> Result<(), NotJson> {
-    std::str::from_utf8(input).map_err(|_| NotJson)?;
+    // No separate UTF-8 pass: outside strings only ASCII is grammatical, and each string
+    // with a non-ASCII byte is checked as it is skipped.
     let start = skip_ws(input, 0);
     let end = skip_value(input, start)?;
     if skip_ws(input, end) == input.len() {
@@ -83,7 +84,7 @@ impl Nesting {
 }
 
 /// Skips the value that starts at `b[i]` (no leading whitespace) and returns the index just
-/// past it. The caller has already checked that `b` is UTF-8.
+/// past it. Checks UTF-8 inside strings; nothing else may be non-ASCII.
 pub(crate) fn skip_value(b: &[u8], mut i: usize) -> Result<usize, NotJson> {
     let mut stack = Nesting::new();
     'value: loop {
@@ -198,50 +199,44 @@ pub(crate) fn skip_number(b: &[u8], mut i: usize) -> Result<usize, NotJson> {
     Ok(i)
 }
 
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-/// True if any byte of `w` may be a quote, a backslash or a control character. May answer
-/// true spuriously (the caller then looks byte by byte), never false wrongly.
-#[inline]
-fn word_needs_care(w: u64) -> bool {
-    let quote = w ^ (LO * u64::from(b'"'));
-    let backslash = w ^ (LO * u64::from(b'\\'));
-    let has_zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
-    let below_space = w.wrapping_sub(LO * 0x20) & !w & HI;
-    (has_zero(quote) | has_zero(backslash) | below_space) != 0
-}
-
 /// Skips the string starting at the quote `b[i]`; returns the index after its closing quote.
+/// A string that holds any non-ASCII byte must be valid UTF-8 (RFC 8259 §8.1).
+///
+/// Fast path: `memchr2` (SIMD) jumps to the next quote or backslash, then one fold over the
+/// run in between, which the compiler vectorises, finds control characters and high bytes.
 pub(crate) fn skip_string(b: &[u8], mut i: usize) -> Result<usize, NotJson> {
+    let start = i + 1;
     i += 1;
+    let mut high = false;
     loop {
-        while let Some(chunk) = b.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            if word_needs_care(u64::from_le_bytes(w)) {
-                break;
-            }
-            i += 8;
+        let rest = b.get(i..).ok_or(NotJson)?;
+        let run = memchr::memchr2(b'"', b'\\', rest).ok_or(NotJson)?;
+        let (or, min) = rest[..run]
+            .iter()
+            .fold((0u8, u8::MAX), |(or, min), &c| (or | c, min.min(c)));
+        if min < 0x20 {
+            return Err(NotJson);
         }
-        match *b.get(i).ok_or(NotJson)? {
-            b'"' => return Ok(i + 1),
-            b'\\' => {
-                i += 1;
-                match *b.get(i).ok_or(NotJson)? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 1,
-                    b'u' => {
-                        let hex = b.get(i + 1..i + 5).ok_or(NotJson)?;
-                        if !hex.iter().all(u8::is_ascii_hexdigit) {
-                            return Err(NotJson);
-                        }
-                        i += 5;
-                    }
-                    _ => return Err(NotJson),
-                }
+        high |= or & 0x80 != 0;
+        i += run;
+        if b[i] == b'"' {
+            if high && std::str::from_utf8(&b[start..i]).is_err() {
+                return Err(NotJson);
             }
-            c if c < 0x20 => return Err(NotJson),
-            _ => i += 1,
+            return Ok(i + 1);
+        }
+        // A backslash: one escape.
+        i += 1;
+        match *b.get(i).ok_or(NotJson)? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 1,
+            b'u' => {
+                let hex = b.get(i + 1..i + 5).ok_or(NotJson)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(NotJson);
+                }
+                i += 5;
+            }
+            _ => return Err(NotJson),
         }
     }
 }
@@ -380,6 +375,24 @@ mod tests {
     fn rejects_invalid_utf8_even_inside_strings() {
         assert_eq!(validate(b"\"\xff\""), Err(NotJson));
         assert_eq!(validate(b"\"\xc3\""), Err(NotJson));
+    }
+
+    #[test]
+    fn utf8_inside_strings_is_checked_at_every_offset_of_the_fast_path() {
+        for pad in 0..20 {
+            let x = "x".repeat(pad);
+            let ok = format!("[\"{x}é😀{x}\"]");
+            assert_eq!(validate(ok.as_bytes()), Ok(()), "{pad}");
+            let mut bad = format!("[\"{x}").into_bytes();
+            bad.extend_from_slice(b"\xe2\x82");
+            bad.extend_from_slice(format!("{x}\"]").as_bytes());
+            assert_eq!(validate(&bad), Err(NotJson), "{pad}");
+            let mut surrogate = format!("\"{x}").into_bytes();
+            surrogate.extend_from_slice(b"\xed\xa0\x80\"");
+            assert_eq!(validate(&surrogate), Err(NotJson), "{pad}");
+        }
+        // Non-ASCII outside strings is never grammatical.
+        assert_eq!(validate("[1,é]".as_bytes()), Err(NotJson));
     }
 
     #[test]
