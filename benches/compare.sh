@@ -132,7 +132,8 @@ start_server() {
     children+=("$server_pid")
     local waited=0
     while [ "$waited" -lt 100 ]; do
-      server_addr=$(sed -n 's/.*listening addr=\([^ ]*\).*/\1/p' "$server_log" | head -n 1)
+      # Only a complete address (numeric port) counts: the log may be caught mid-write.
+      server_addr=$(sed -n 's/.*listening addr=\([^ ]*:[0-9][0-9]*\).*/\1/p' "$server_log" | head -n 1)
       [ -n "$server_addr" ] && return 0
       kill -0 "$server_pid" 2>/dev/null || break
       sleep 0.1

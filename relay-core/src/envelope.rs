@@ -57,6 +57,31 @@ pub fn to_binary(conn_id: &ConnId, frame: &[u8], token: Option<&Token>) -> Bytes
     out.freeze()
 }
 
+/// Everything of a phone's envelopes before its frame: `{"conn_id":"…","frame":`. Constant
+/// per phone, so a relay can make it once and write each envelope as prefix, the phone's own
+/// bytes, and a suffix ([`to_binary_suffix`]), without copying the frame.
+pub fn to_binary_prefix(conn_id: &ConnId) -> Bytes {
+    let mut out = BytesMut::with_capacity(PREFIX.len() + conn_id.as_str().len() + FRAME.len());
+    out.put_slice(PREFIX);
+    out.put_slice(conn_id.as_str().as_bytes());
+    out.put_slice(FRAME);
+    out.freeze()
+}
+
+/// Everything after the frame: `}`, or `,"token":"…"}` on an envelope that carries the token.
+pub fn to_binary_suffix(token: Option<&Token>) -> Bytes {
+    match token {
+        None => Bytes::from_static(b"}"),
+        Some(t) => {
+            let mut out = BytesMut::with_capacity(TOKEN.len() + t.json_escaped().len() + 2);
+            out.put_slice(TOKEN);
+            out.put_slice(t.json_escaped().as_bytes());
+            out.put_slice(b"\"}");
+            out.freeze()
+        }
+    }
+}
+
 /// The close notice of §4.3: `{"conn_id":"…","close_code":N}`, no `frame` key.
 pub fn close_notice(conn_id: &ConnId, code: CloseCode) -> Bytes {
     let mut out = BytesMut::with_capacity(PREFIX.len() + 34 + CLOSE.len() + 6);
@@ -279,6 +304,18 @@ mod tests {
         assert_eq!(v["token"], r#"t"o\k"#);
         assert_eq!(v["frame"], 1);
         assert_eq!(env.len(), to_binary_len(&id(), b"1", Some(&token)));
+    }
+
+    #[test]
+    fn prefix_frame_suffix_is_the_same_envelope_as_to_binary() {
+        let token = headers::token(Some(b"t\"k")).unwrap().unwrap();
+        for t in [None, Some(&token)] {
+            let frame = br#" {"a": 1} "#;
+            let mut spliced = to_binary_prefix(&id()).to_vec();
+            spliced.extend_from_slice(frame);
+            spliced.extend_from_slice(&to_binary_suffix(t));
+            assert_eq!(spliced, to_binary(&id(), frame, t).to_vec());
+        }
     }
 
     #[test]

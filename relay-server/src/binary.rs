@@ -195,12 +195,10 @@ async fn deliver_backlog(shared: &Shared, lease: &BinaryLease<Peer>, binary: &Pe
             Backlog::Items(items) => {
                 for item in items {
                     let msg = match item.kind {
-                        Held::Frame { frame, with_token } => envelope::to_binary(
-                            item.phone.id(),
-                            &frame,
-                            item.phone.token().filter(|_| with_token),
-                        ),
-                        Held::Notice(code) => close_notice(item.phone.id(), code),
+                        Held::Frame { frame, with_token } => item
+                            .phone
+                            .envelope(frame, with_token && item.phone.token().is_some()),
+                        Held::Notice(code) => close_notice(item.phone.id(), code).into(),
                     };
                     if binary.send_backpressured(msg).await.is_err() {
                         return;

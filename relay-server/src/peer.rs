@@ -18,8 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload};
-use relay_core::{Close, Conn, ConnId, SendError, Token};
+use relay_core::{envelope, Close, Conn, ConnId, SendError, Token};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::{sleep_until, Instant};
@@ -28,6 +27,47 @@ use tokio::time::{sleep_until, Instant};
 const BATCH: usize = 64;
 /// How long to wait for the peer's answer to our close frame before dropping the socket.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// One outgoing text message: whole, or a phone's envelope spliced from a constant prefix,
+/// the phone's own bytes and a suffix (§4.1), written with vectored I/O so the phone's bytes
+/// are never copied.
+#[derive(Clone, Debug)]
+pub enum OutMsg {
+    Whole(Bytes),
+    Spliced {
+        prefix: Bytes,
+        body: Bytes,
+        suffix: Bytes,
+    },
+}
+
+impl OutMsg {
+    pub fn len(&self) -> usize {
+        match self {
+            OutMsg::Whole(b) => b.len(),
+            OutMsg::Spliced {
+                prefix,
+                body,
+                suffix,
+            } => prefix.len() + body.len() + suffix.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Bytes> for OutMsg {
+    fn from(b: Bytes) -> Self {
+        OutMsg::Whole(b)
+    }
+}
+
+/// The binary a message was for is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection is gone")]
+pub struct Gone;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -64,6 +104,9 @@ struct Inner {
     id: ConnId,
     role: Role,
     token: Option<Token>,
+    /// Phones: the constant parts of their envelopes (§4.1), made once.
+    envelope_prefix: Bytes,
+    envelope_token_suffix: Bytes,
     limits: PeerLimits,
     outbox: Mutex<Outbox>,
     wake_writer: Notify,
@@ -81,7 +124,7 @@ struct Inner {
 
 #[derive(Default)]
 struct Outbox {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<OutMsg>,
     queued_bytes: usize,
     close: Option<CloseRequest>,
     pong: Option<Bytes>,
@@ -101,11 +144,21 @@ pub struct CloseRequest {
 impl Peer {
     pub fn new(role: Role, token: Option<Token>, limits: PeerLimits) -> Self {
         let inbox = (role == Role::Binary).then(|| Semaphore::new(limits.queue_bytes));
+        let id = ConnId::random();
+        let (envelope_prefix, envelope_token_suffix) = match role {
+            Role::Phone => (
+                envelope::to_binary_prefix(&id),
+                envelope::to_binary_suffix(token.as_ref()),
+            ),
+            Role::Binary => (Bytes::new(), Bytes::new()),
+        };
         Peer {
             inner: Arc::new(Inner {
-                id: ConnId::random(),
+                id,
                 role,
                 token,
+                envelope_prefix,
+                envelope_token_suffix,
                 limits,
                 outbox: Mutex::new(Outbox::default()),
                 wake_writer: Notify::new(),
@@ -136,26 +189,41 @@ impl Peer {
         self.inner.token.as_ref()
     }
 
+    /// This phone's message `frame` as the envelope its binary gets (§4.1): the phone's bytes
+    /// between the prefix and suffix made once per phone, carrying the token if `with_token`.
+    pub fn envelope(&self, frame: Bytes, with_token: bool) -> OutMsg {
+        OutMsg::Spliced {
+            prefix: self.inner.envelope_prefix.clone(),
+            body: frame,
+            suffix: if with_token {
+                self.inner.envelope_token_suffix.clone()
+            } else {
+                Bytes::from_static(b"}")
+            },
+        }
+    }
+
     /// Queues `msg` for a binary, waiting while its inbox is full (§7 back-pressure).
     /// Fails only if the binary is gone.
-    pub async fn send_backpressured(&self, msg: Bytes) -> Result<(), SendError> {
+    pub async fn send_backpressured(&self, msg: impl Into<OutMsg>) -> Result<(), Gone> {
+        let msg = msg.into();
         let Some(sem) = &self.inner.inbox else {
-            return self.send(msg);
+            return self.push(msg, 0);
         };
         let need = permits_for(msg.len(), self.inner.limits.queue_bytes);
         match sem.acquire_many(need).await {
             Ok(permit) => permit.forget(),
-            Err(_) => return Err(SendError::Closed(msg)),
+            Err(_) => return Err(Gone),
         }
         self.push(msg, need as usize)
     }
 
-    fn push(&self, msg: Bytes, accounted: usize) -> Result<(), SendError> {
+    fn push(&self, msg: OutMsg, accounted: usize) -> Result<(), Gone> {
         let mut ob = self.outbox();
         if ob.finished || ob.close.is_some() {
             drop(ob);
             self.release_inbox(accounted);
-            return Err(SendError::Closed(msg));
+            return Err(Gone);
         }
         ob.queued_bytes += accounted;
         ob.queue.push_back(msg);
@@ -333,7 +401,9 @@ impl Conn for Peer {
             return match sem.try_acquire_many(need) {
                 Ok(permit) => {
                     permit.forget();
-                    self.push(msg, need as usize)
+                    // On failure the message is already dropped; the caller only learns why.
+                    self.push(OutMsg::Whole(msg), need as usize)
+                        .map_err(|Gone| SendError::Closed(Bytes::new()))
                 }
                 Err(tokio::sync::TryAcquireError::Closed) => Err(SendError::Closed(msg)),
                 Err(tokio::sync::TryAcquireError::NoPermits) => Err(SendError::Full(msg)),
@@ -356,7 +426,7 @@ impl Conn for Peer {
             return Err(SendError::Full(msg));
         }
         ob.queued_bytes += msg.len();
-        ob.queue.push_back(msg);
+        ob.queue.push_back(OutMsg::Whole(msg));
         drop(ob);
         self.inner.wake_writer.notify_one();
         Ok(())
@@ -386,13 +456,13 @@ pub enum WriterEnd {
 struct Batch {
     pong: Option<Bytes>,
     ping: bool,
-    messages: Vec<Bytes>,
+    messages: Vec<OutMsg>,
     bytes: usize,
     close: Option<Close>,
 }
 
 impl Peer {
-    fn take_batch(&self, into: &mut Vec<Bytes>) -> Batch {
+    fn take_batch(&self, into: &mut Vec<OutMsg>) -> Batch {
         let mut ob = self.outbox();
         let pong = ob.pong.take();
         let ping = std::mem::take(&mut ob.ping);
@@ -440,7 +510,7 @@ impl Peer {
         mut shutdown: watch::Receiver<bool>,
     ) -> WriterEnd {
         let limits = self.inner.limits;
-        let mut spare: Vec<Bytes> = Vec::new();
+        let mut spare: Vec<OutMsg> = Vec::new();
         let mut next_ping = Instant::now() + limits.heartbeat_interval;
         // (deadline, pongs seen when the ping went out)
         let mut awaiting: Option<(Instant, u64)> = None;
@@ -558,15 +628,33 @@ fn heartbeat_deadline(next_ping: Instant, awaiting: Option<(Instant, u64)>) -> I
     }
 }
 
-fn head(opcode: OpCode, payload: &[u8], out: &mut [u8; 16]) -> usize {
-    Frame::new(true, opcode, None, Payload::Borrowed(payload)).fmt_head(out)
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// An unmasked server frame head (RFC 6455 §5.2) with FIN set, for a payload of `len` bytes.
+fn frame_head(opcode: u8, len: usize, out: &mut [u8]) -> usize {
+    out[0] = 0x80 | opcode;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
 }
 
 /// Writes pong, ping, messages and close of one batch with as few syscalls as the kernel
-/// allows: one vectored write of every frame head and payload, no copy of the payloads.
+/// allows: one vectored write of every frame head and payload part, no copy of the payloads.
 ///
 /// The frame heads live in one heap buffer made per batch (not in this future's state),
-/// so an idle connection's writer task stays small (§ memory per connection).
+/// so an idle connection's writer task stays small.
 async fn write_batch<W: AsyncWrite + Unpin>(sink: &mut W, batch: &mut Batch) -> io::Result<()> {
     let close_payload: Option<Vec<u8>> = batch.close.map(|c| {
         let mut p = Vec::with_capacity(2 + c.reason.len());
@@ -575,31 +663,39 @@ async fn write_batch<W: AsyncWrite + Unpin>(sink: &mut W, batch: &mut Batch) -> 
         p
     });
     // Frames in wire order: pong first (§7: answer pings whatever is queued), ping, the
-    // messages, and the close frame last.
-    let mut frames: Vec<(OpCode, &[u8])> = Vec::with_capacity(batch.messages.len() + 3);
+    // messages, and the close frame last. Each frame is an opcode and up to three parts.
+    let empty: &[u8] = &[];
+    let mut frames: Vec<(u8, [&[u8]; 3])> = Vec::with_capacity(batch.messages.len() + 3);
     if let Some(p) = &batch.pong {
-        frames.push((OpCode::Pong, p));
+        frames.push((OP_PONG, [p, empty, empty]));
     }
     if batch.ping {
-        frames.push((OpCode::Ping, &[]));
+        frames.push((OP_PING, [empty, empty, empty]));
     }
-    frames.extend(batch.messages.iter().map(|m| (OpCode::Text, &m[..])));
+    for m in &batch.messages {
+        frames.push(match m {
+            OutMsg::Whole(b) => (OP_TEXT, [b, empty, empty]),
+            OutMsg::Spliced {
+                prefix,
+                body,
+                suffix,
+            } => (OP_TEXT, [prefix, body, suffix]),
+        });
+    }
     if let Some(p) = &close_payload {
-        frames.push((OpCode::Close, p));
+        frames.push((OP_CLOSE, [p, empty, empty]));
     }
-    let mut heads = vec![0u8; 16 * frames.len()];
+    let mut heads = vec![0u8; 10 * frames.len()];
     let mut head_lens = Vec::with_capacity(frames.len());
-    for ((op, payload), head_buf) in frames.iter().zip(heads.chunks_exact_mut(16)) {
-        let mut h = [0u8; 16];
-        let n = head(*op, payload, &mut h);
-        head_buf[..n].copy_from_slice(&h[..n]);
-        head_lens.push(n);
+    for ((op, parts), head_buf) in frames.iter().zip(heads.chunks_exact_mut(10)) {
+        let len = parts.iter().map(|p| p.len()).sum();
+        head_lens.push(frame_head(*op, len, head_buf));
     }
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * frames.len());
-    for (((_, payload), head_buf), n) in frames.iter().zip(heads.chunks_exact(16)).zip(&head_lens) {
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(4 * frames.len());
+    for (((_, parts), head_buf), n) in frames.iter().zip(heads.chunks_exact(10)).zip(&head_lens) {
         slices.push(IoSlice::new(&head_buf[..*n]));
-        if !payload.is_empty() {
-            slices.push(IoSlice::new(payload));
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            slices.push(IoSlice::new(part));
         }
     }
     let mut rest: &mut [IoSlice<'_>] = &mut slices;
@@ -611,4 +707,22 @@ async fn write_batch<W: AsyncWrite + Unpin>(sink: &mut W, batch: &mut Batch) -> 
         IoSlice::advance_slices(&mut rest, written);
     }
     sink.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_heads_use_the_shortest_length_form() {
+        let mut h = [0u8; 10];
+        assert_eq!(frame_head(OP_TEXT, 125, &mut h), 2);
+        assert_eq!(&h[..2], &[0x81, 125]);
+        assert_eq!(frame_head(OP_TEXT, 126, &mut h), 4);
+        assert_eq!(&h[..4], &[0x81, 126, 0, 126]);
+        assert_eq!(frame_head(OP_CLOSE, 65535, &mut h), 4);
+        assert_eq!(&h[..4], &[0x88, 126, 0xff, 0xff]);
+        assert_eq!(frame_head(OP_TEXT, 65536, &mut h), 10);
+        assert_eq!(&h[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+    }
 }

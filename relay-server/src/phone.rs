@@ -81,7 +81,8 @@ async fn forward(peer: &Peer, lease: Option<&PhoneLease<Peer>>, msg: Bytes) -> R
             frame,
             with_token,
         } => {
-            let env = envelope::to_binary(peer.id(), &frame, peer.token().filter(|_| with_token));
+            // Spliced around the phone's own bytes by the binary's writer: no copy (§4.1).
+            let env = peer.envelope(frame, with_token && peer.token().is_some());
             if binary.send_backpressured(env).await.is_err() {
                 debug!(server_id = %lease.server_id(), "binary gone, phone message dropped");
             }

@@ -47,7 +47,11 @@ async fn run(args: Args) -> ExitCode {
         }
     };
     match listener.local_addr() {
-        Ok(addr) => eprintln!("listening addr={addr}"),
+        Ok(addr) => {
+            // One write, so a script polling the log never sees half a line.
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(format!("listening addr={addr}\n").as_bytes());
+        }
         Err(e) => {
             eprintln!("echo-server: cannot read the bound address: {e}");
             return ExitCode::FAILURE;
