@@ -368,9 +368,9 @@ impl Peer {
         self.inner.done_notify.notify_waiters();
     }
 
-    /// Marks the connection over: later sends fail, waiting senders are released, the
-    /// reader is told to stop.
-    pub fn finish(&self) {
+    /// Later sends fail and what is queued is dropped; phones waiting for this binary's inbox
+    /// are released.
+    fn stop_sending(&self) {
         {
             let mut ob = self.outbox();
             ob.finished = true;
@@ -380,6 +380,12 @@ impl Peer {
         if let Some(sem) = &self.inner.inbox {
             sem.close();
         }
+    }
+
+    /// Marks the connection over: later sends fail, waiting senders are released, the
+    /// reader is told to stop.
+    pub fn finish(&self) {
+        self.stop_sending();
         self.set_done();
         self.inner.pong_arrived.notify_waiters();
     }
@@ -511,10 +517,8 @@ impl Peer {
     ) -> WriterEnd {
         let limits = self.inner.limits;
         let mut spare: Vec<OutMsg> = Vec::new();
-        let mut next_ping = Instant::now() + limits.heartbeat_interval;
-        // (deadline, pongs seen when the ping went out)
-        let mut awaiting: Option<(Instant, u64)> = None;
-        let heartbeat = sleep_until(next_ping);
+        let mut beat = Heartbeat::new(limits, Instant::now());
+        let heartbeat = sleep_until(beat.deadline());
         tokio::pin!(heartbeat);
         let mut shutdown_requested = false;
         let end = loop {
@@ -536,33 +540,13 @@ impl Peer {
                     self.close(Close::SHUTTING_DOWN);
                     continue;
                 }
-                let wake = heartbeat_deadline(next_ping, awaiting);
+                let wake = beat.deadline();
                 if heartbeat.deadline() != wake {
                     heartbeat.as_mut().reset(wake);
                 }
                 tokio::select! {
                     _ = self.inner.wake_writer.notified() => {}
-                    _ = &mut heartbeat => {
-                        let now = Instant::now();
-                        if let Some((deadline, seen)) = awaiting {
-                            if self.inner.pongs.load(Ordering::Acquire) > seen {
-                                awaiting = None;
-                            } else if now >= deadline {
-                                self.close_now(Close::HEARTBEAT_TIMEOUT);
-                                continue;
-                            }
-                        }
-                        if now >= next_ping {
-                            next_ping = now + limits.heartbeat_interval;
-                            if awaiting.is_none() {
-                                awaiting = Some((
-                                    now + limits.heartbeat_timeout,
-                                    self.inner.pongs.load(Ordering::Acquire),
-                                ));
-                                self.outbox().ping = true;
-                            }
-                        }
-                    }
+                    _ = &mut heartbeat => self.heartbeat(&mut beat),
                     changed = shutdown.changed(), if !*shutdown.borrow() => {
                         if changed.is_err() || *shutdown.borrow() {
                             self.close(Close::SHUTTING_DOWN);
@@ -589,6 +573,10 @@ impl Peer {
             if let Some(close) = batch.close {
                 break WriterEnd::Closed(close);
             }
+            // A writer that is never idle must still ping and check pongs (§7).
+            if Instant::now() >= beat.deadline() {
+                self.heartbeat(&mut beat);
+            }
         };
         if end == WriterEnd::WriteTimeout {
             // The socket is stuck: nothing more can be written, not even a close frame.
@@ -598,15 +586,7 @@ impl Peer {
                 urgent: true,
             });
         }
-        {
-            let mut ob = self.outbox();
-            ob.finished = true;
-            ob.queue.clear();
-            ob.queued_bytes = 0;
-        }
-        if let Some(sem) = &self.inner.inbox {
-            sem.close();
-        }
+        self.stop_sending();
         if let WriterEnd::Closed(_) = end {
             // Give the peer a moment to answer our close frame, then stop the reader.
             let _ = sink.flush().await;
@@ -621,10 +601,66 @@ impl Peer {
     }
 }
 
-fn heartbeat_deadline(next_ping: Instant, awaiting: Option<(Instant, u64)>) -> Instant {
-    match awaiting {
-        Some((deadline, _)) => deadline.min(next_ping),
-        None => next_ping,
+/// The heartbeat schedule of one connection (§7): a ping every interval, and a deadline for
+/// its pong.
+struct Heartbeat {
+    interval: Duration,
+    timeout: Duration,
+    next_ping: Instant,
+    /// The unanswered ping: its pong deadline and the pong count when it went out.
+    awaiting: Option<(Instant, u64)>,
+}
+
+enum Beat {
+    Nothing,
+    Ping,
+    TimedOut,
+}
+
+impl Heartbeat {
+    fn new(limits: PeerLimits, now: Instant) -> Self {
+        Heartbeat {
+            interval: limits.heartbeat_interval,
+            timeout: limits.heartbeat_timeout,
+            next_ping: now + limits.heartbeat_interval,
+            awaiting: None,
+        }
+    }
+
+    /// When something is next due.
+    fn deadline(&self) -> Instant {
+        match self.awaiting {
+            Some((deadline, _)) => deadline.min(self.next_ping),
+            None => self.next_ping,
+        }
+    }
+
+    fn tick(&mut self, now: Instant, pongs: u64) -> Beat {
+        if let Some((deadline, seen)) = self.awaiting {
+            if pongs > seen {
+                self.awaiting = None;
+            } else if now >= deadline {
+                return Beat::TimedOut;
+            }
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.interval;
+            if self.awaiting.is_none() {
+                self.awaiting = Some((now + self.timeout, pongs));
+                return Beat::Ping;
+            }
+        }
+        Beat::Nothing
+    }
+}
+
+impl Peer {
+    fn heartbeat(&self, beat: &mut Heartbeat) {
+        match beat.tick(Instant::now(), self.inner.pongs.load(Ordering::Acquire)) {
+            Beat::Nothing => {}
+            Beat::Ping => self.outbox().ping = true,
+            Beat::TimedOut => self.close_now(Close::HEARTBEAT_TIMEOUT),
+        }
     }
 }
 
@@ -712,6 +748,43 @@ async fn write_batch<W: AsyncWrite + Unpin>(sink: &mut W, batch: &mut Batch) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeat_pings_every_interval_and_times_out_without_a_pong() {
+        let limits = PeerLimits {
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            queue_bytes: 1,
+        };
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(limits, t0);
+        assert!(matches!(hb.tick(t0, 0), Beat::Nothing));
+        assert_eq!(hb.deadline(), t0 + Duration::from_secs(30));
+        assert!(matches!(
+            hb.tick(t0 + Duration::from_secs(30), 0),
+            Beat::Ping
+        ));
+        assert_eq!(hb.deadline(), t0 + Duration::from_secs(40));
+        // A pong arrives: no timeout, next ping at 60 s.
+        assert!(matches!(
+            hb.tick(t0 + Duration::from_secs(40), 1),
+            Beat::Nothing
+        ));
+        assert!(matches!(
+            hb.tick(t0 + Duration::from_secs(60), 1),
+            Beat::Ping
+        ));
+        // No pong this time: timed out at 70 s.
+        assert!(matches!(
+            hb.tick(t0 + Duration::from_secs(69), 1),
+            Beat::Nothing
+        ));
+        assert!(matches!(
+            hb.tick(t0 + Duration::from_secs(70), 1),
+            Beat::TimedOut
+        ));
+    }
 
     #[test]
     fn frame_heads_use_the_shortest_length_form() {

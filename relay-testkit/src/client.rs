@@ -123,6 +123,11 @@ pub fn fresh_server_id() -> String {
     let lo = splitmix(hi ^ count) & 0xffff_ffff_0000_0000 | (count & 0xffff_ffff);
     let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x4000; // version 4
     let lo = (lo & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000; // RFC 4122 variant
+    uuid_text(hi, lo)
+}
+
+/// 128 bits as lowercase `8-4-4-4-12` hex, the shape of real server-ids (§2).
+pub(crate) fn uuid_text(hi: u64, lo: u64) -> String {
     format!(
         "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
         hi >> 32,
@@ -133,7 +138,8 @@ pub fn fresh_server_id() -> String {
     )
 }
 
-fn splitmix(mut x: u64) -> u64 {
+/// SplitMix64: a tiny, well-mixed hash for test ids (not for anything secret).
+pub(crate) fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

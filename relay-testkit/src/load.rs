@@ -317,25 +317,11 @@ fn server_ids(n: usize) -> Vec<String> {
 }
 
 fn uuid_v4_like(seed: u64, i: u64) -> String {
-    let hi = splitmix64(seed ^ splitmix64(i));
-    let lo = splitmix64(hi ^ i);
+    let hi = crate::client::splitmix(seed ^ crate::client::splitmix(i));
+    let lo = crate::client::splitmix(hi ^ i);
     let hi = (hi & !0xf000) | 0x4000; // version 4
     let lo = (lo & !(0b11 << 62)) | (0b10 << 62); // RFC 4122 variant
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    )
-}
-
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+    crate::client::uuid_text(hi, lo)
 }
 
 /// Phone `i`'s server-id: round-robin over the binaries' ids.
