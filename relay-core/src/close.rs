@@ -76,6 +76,15 @@ impl Close {
         Close { code, reason }
     }
 
+    /// The reason, or `fallback` when it is empty (for logs; the wire keeps it empty).
+    pub const fn reason_or(&self, fallback: &'static str) -> &'static str {
+        if self.reason.is_empty() {
+            fallback
+        } else {
+            self.reason
+        }
+    }
+
     /// A close the binary asked for (§4.2): its code, an empty reason.
     pub const fn requested(code: CloseCode) -> Close {
         Close { code, reason: "" }

@@ -104,8 +104,8 @@ where
     info!(
         server_id = %hello.server_id,
         conn_id = %peer.id(),
-        reason = ?ended.read,
-        writer = ?ended.writer,
+        close_code = ended.log_fields().0,
+        reason = ended.log_fields().1,
         "binary disconnected"
     );
 }

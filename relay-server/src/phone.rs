@@ -66,7 +66,8 @@ where
             .send_backpressured(close_notice(peer.id(), notice.code))
             .await;
     }
-    info!(server_id = %hello.server_id, conn_id = %peer.id(), reason = ?ended.read, "phone disconnected");
+    let (close_code, reason) = ended.log_fields();
+    info!(server_id = %hello.server_id, conn_id = %peer.id(), close_code, reason, "phone disconnected");
 }
 
 /// §4.1: check the message is JSON, then send it on (or hold it, during grace).

@@ -20,6 +20,29 @@ pub struct Ended {
     pub writer: WriterEnd,
 }
 
+impl Ended {
+    /// The close code and a short reason for the disconnect log line (§10 fields
+    /// `close_code`, `reason`): our close if we sent one first, else the peer's.
+    pub fn log_fields(&self) -> (u16, &'static str) {
+        if let Some(req) = self.relay_close {
+            return (
+                req.close.code.as_u16(),
+                req.close.reason_or("closed by request"),
+            );
+        }
+        match self.read {
+            ReadEnd::PeerClosed(Some(code)) => (code.as_u16(), "closed by peer"),
+            ReadEnd::PeerClosed(None) => (1001, "closed by peer without a code"),
+            ReadEnd::Vanished => (1001, "connection lost"),
+            ReadEnd::Violation(close) => (close.code.as_u16(), close.reason),
+            ReadEnd::Stopped => match self.writer {
+                WriterEnd::WriteTimeout => (1011, "write timeout"),
+                _ => (1001, "connection lost"),
+            },
+        }
+    }
+}
+
 /// Runs one connection: `on_message` gets every whole data message in order (awaiting it
 /// applies back-pressure to this socket). Returns how it ended once the writer is done.
 pub async fn run<R, W, F, Fut>(

@@ -1,12 +1,18 @@
 //! Test kit for the pyrycode relay.
 //!
-//! - [`mock`]: a mock [`relay_core::Conn`] that records what it was sent and how it was closed.
+//! - [`mock`]: a mock [`relay_core::Conn`] that records what it was sent and how it was closed;
+//!   [`ManualClock`]: time that only moves when a test says so.
 //! - [`client`] (feature `net`): fake binary and fake phone over a real WebSocket client
 //!   (tokio-tungstenite, a different implementation from the server's fastwebsockets).
 //! - [`raw`] (feature `net`): a raw TCP client that can misbehave on purpose.
 //! - [`echo`] and [`load`] (feature `net`): the direct-echo baseline server and the load generator.
 
 pub mod mock;
+
+/// The manual clock tests advance by hand. It lives in relay-core (so relay-core's own loom
+/// and unit tests can use it without this crate's network dependencies) and is re-exported
+/// here beside the mock conn.
+pub use relay_core::clock::ManualClock;
 
 #[cfg(feature = "net")]
 pub mod client;
