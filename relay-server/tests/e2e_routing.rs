@@ -1312,3 +1312,33 @@ async fn rejected_upgrade_with_a_bad_header_does_not_leak_a_connection_slot() {
         other => panic!("expected 503, got {other:?}"),
     }
 }
+
+/// §8: a client that does not finish its request headers within `--header-read-timeout` is
+/// dropped, and one that finishes in time is served.
+#[tokio::test]
+async fn slow_request_headers_are_dropped_after_the_header_read_timeout() {
+    let relay = support::start(RelayOptions {
+        header_read_timeout: ms(300),
+        ..support::fast_opts()
+    })
+    .await;
+
+    let mut slow = TcpStream::connect(relay.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("the relay must drop a connection whose headers never finish")
+        .unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "no response for an unfinished request, just the close"
+    );
+    assert!(started.elapsed() >= ms(250), "dropped before the timeout");
+
+    let (status, _, _) = http_get(&relay, "/healthz").await;
+    assert_eq!(status, 200, "a prompt request is still served");
+}
