@@ -11,25 +11,12 @@ use relay_core::ReclaimPolicy;
 use relay_server::RelayOptions;
 use relay_testkit::client::{fresh_server_id, ClientBuilder, FakeBinary, FakePhone};
 use relay_testkit::raw::{OpCode, RawClient, RawError, RawMessage};
-use support::TestRelay;
+use support::{binary_for, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// Connects a fake binary and waits until it holds `server_id`: the claim runs after the
-/// 101, and a phone that arrives before it would get 4404.
-async fn binary_for(relay: &TestRelay, server_id: &str) -> FakeBinary {
-    let binary = FakeBinary::connect(relay.addr, server_id)
-        .await
-        .expect("binary upgrade");
-    support::eventually("the binary holds its server-id", || {
-        relay.shared.registry.binary(server_id).is_some()
-    })
-    .await;
-    binary
 }
 
 /// The phone says hello so the test learns its conn_id, which only the binary is told (§4.1).

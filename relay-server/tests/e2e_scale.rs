@@ -11,21 +11,8 @@ use std::time::{Duration, Instant};
 use relay_server::RelayOptions;
 use relay_testkit::client::{fresh_server_id, FakeBinary, FakePhone};
 use relay_testkit::raw::{RawClient, RawOptions};
-use support::TestRelay;
+use support::binary_for;
 use tokio::sync::{mpsc, Semaphore};
-
-/// Connects a fake binary and waits until it holds `server_id` (a phone arriving before the
-/// claim would get 4404).
-async fn binary_for(relay: &TestRelay, server_id: &str) -> FakeBinary {
-    let binary = FakeBinary::connect(relay.addr, server_id)
-        .await
-        .expect("binary upgrade");
-    support::eventually("the binary holds its server-id", || {
-        relay.shared.registry.binary(server_id).is_some()
-    })
-    .await;
-    binary
-}
 
 /// Long heartbeats: these tests leave clients unread on purpose, and a missed pong must not be
 /// what closes them.

@@ -277,6 +277,26 @@ async fn connect_many(
     out
 }
 
+/// Connects one fake binary per server-id and waits until the relay counts them all, so no
+/// phone that follows races its binary and gets 4404 (§5). Any failed connect fails the run.
+async fn connect_binaries(
+    addr: SocketAddr,
+    ids: &[String],
+    concurrency: usize,
+    connected: Arc<AtomicU64>,
+) -> Result<Vec<conn::Upgraded>, LoadError> {
+    let conns = connect_many(addr, Role::Binary, ids.to_vec(), concurrency, connected).await;
+    let mut out = Vec::with_capacity(conns.len());
+    for (i, conn) in conns.into_iter().enumerate() {
+        out.push(conn.map_err(|source| LoadError::Connect {
+            who: format!("fake binary {i}"),
+            source,
+        })?);
+    }
+    wait_registered(addr, ids.len()).await?;
+    Ok(out)
+}
+
 /// Waits until the relay's `/healthz` counts at least `expected` binaries, so no phone races its
 /// binary's registration and gets 4404. A server without `/healthz` gets a short pause instead.
 async fn wait_registered(addr: SocketAddr, expected: usize) -> Result<(), LoadError> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use relay_server::shared::Shared;
 use relay_server::{Relay, RelayOptions, ShutdownHandle};
+use relay_testkit::client::FakeBinary;
 use tokio::task::JoinHandle;
 
 pub struct TestRelay {
@@ -64,4 +65,17 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// Connects a fake binary and checks it holds `server_id` (the claim is made before the 101
+/// goes out, §6.1; the wait only guards against a conflict or a slow test machine).
+pub async fn binary_for(relay: &TestRelay, server_id: &str) -> FakeBinary {
+    let binary = FakeBinary::connect(relay.addr, server_id)
+        .await
+        .expect("binary upgrade");
+    eventually("the binary holds its server-id", || {
+        relay.shared.registry.binary(server_id).is_some()
+    })
+    .await;
+    binary
 }

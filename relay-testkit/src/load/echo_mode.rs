@@ -13,7 +13,7 @@ use super::progress::Progress;
 use super::report::{group_digits, EchoReport, LatencySummary};
 use super::stats::{Live, RunCtx};
 use super::{
-    connect_many, phone_ids, server_ids, wait_registered, EchoConfig, ErrorSample, LoadError,
+    connect_binaries, connect_many, phone_ids, server_ids, EchoConfig, ErrorSample, LoadError,
     Pacing, Role, Target,
 };
 
@@ -30,25 +30,19 @@ pub async fn run_echo(target: Target, cfg: &EchoConfig) -> Result<EchoReport, Lo
     let (stop_binaries, binaries_stop) = watch::channel(false);
     let mut binaries = Vec::new();
     if !target.direct {
-        let conns = connect_many(
+        let conns = connect_binaries(
             target.addr,
-            Role::Binary,
-            ids.clone(),
+            &ids,
             cfg.connect_concurrency,
             Arc::clone(&connected),
         )
-        .await;
-        for (i, conn) in conns.into_iter().enumerate() {
-            let conn = conn.map_err(|source| LoadError::Connect {
-                who: format!("fake binary {i}"),
-                source,
-            })?;
+        .await?;
+        for conn in conns {
             binaries.push(tokio::spawn(binary::run(
                 conn.into_ws(),
                 binaries_stop.clone(),
             )));
         }
-        wait_registered(target.addr, cfg.binaries).await?;
     }
 
     let phones = connect_many(

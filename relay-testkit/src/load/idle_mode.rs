@@ -12,7 +12,7 @@ use super::conn::{self, Upgraded};
 use super::progress::Progress;
 use super::report::{group_digits, IdleReport};
 use super::{
-    connect_many, phone_ids, server_ids, sys, wait_registered, ErrorSample, IdleConfig, LoadError,
+    connect_binaries, connect_many, phone_ids, server_ids, sys, ErrorSample, IdleConfig, LoadError,
     Role, Target,
 };
 
@@ -56,22 +56,16 @@ pub async fn run_idle(target: Target, cfg: &IdleConfig) -> Result<IdleReport, Lo
 
     let mut holders = Vec::new();
     if !target.direct {
-        let conns = connect_many(
+        let conns = connect_binaries(
             target.addr,
-            Role::Binary,
-            ids.clone(),
+            &ids,
             cfg.connect_concurrency,
             Arc::clone(&connected),
         )
-        .await;
-        for (i, conn) in conns.into_iter().enumerate() {
-            let conn = conn.map_err(|source| LoadError::Connect {
-                who: format!("fake binary {i}"),
-                source,
-            })?;
+        .await?;
+        for conn in conns {
             holders.push(tokio::spawn(hold(conn, stopped.clone(), Arc::clone(&open))));
         }
-        wait_registered(target.addr, cfg.binaries).await?;
     }
 
     let mut errors = ErrorSample::default();
