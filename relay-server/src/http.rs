@@ -19,8 +19,8 @@ use relay_core::headers::{self, HeaderError};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::binary::{self, BinaryHello};
-use crate::phone::{self, PhoneHello};
+use crate::roles::binary::{self, BinaryHello};
+use crate::roles::phone::{self, PhoneHello};
 use crate::shared::Shared;
 
 pub type Body = Full<Bytes>;

@@ -1,23 +1,19 @@
-//! The pyrycode relay server: [`relay_core`] wired to sockets with hyper and fastwebsockets.
+//! The pyrycode relay server: [`relay_core`] wired to sockets with hyper.
 //!
-//! One file per concern: `http` (routes, header rules, upgrade), `session` (one connection's
-//! reader loop), `reader` (frames to messages), `deadline` (the per-message read deadline),
-//! `peer` (outbox, writer, liveness), `binary` and `phone` (the two roles), `server` (accept
-//! loop, shutdown), `config` and `logging` (the command line).
+//! The directory listing is the architecture: `config/` (flags and boot errors, one file per
+//! subsystem), `server` (accept loop, shutdown), `http` (routes, header rules, upgrade,
+//! `/healthz`), `ws/` (one connection: reader, peer queue, writer, session), `roles/` (what a
+//! binary and a phone do with their messages), `logging` and `stats`.
 
-pub mod binary;
 pub mod config;
-pub mod deadline;
 pub mod http;
 pub mod logging;
 pub mod options;
-pub mod peer;
-pub mod phone;
-pub mod reader;
+pub mod roles;
 pub mod server;
-pub mod session;
 pub mod shared;
 pub mod stats;
+pub mod ws;
 
 pub use options::RelayOptions;
 pub use server::{Relay, ShutdownHandle};

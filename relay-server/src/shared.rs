@@ -7,8 +7,8 @@ use relay_core::{Registry, RegistryConfig, SystemClock};
 use tokio::sync::{watch, Semaphore};
 
 use crate::options::RelayOptions;
-use crate::peer::{Peer, PeerLimits, Role};
 use crate::stats::Stats;
+use crate::ws::peer::{Peer, PeerLimits, Role};
 
 pub struct Shared {
     pub registry: Registry<Peer, SystemClock>,

@@ -7,9 +7,10 @@ use bytes::Bytes;
 use relay_core::Close;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::peer::{CloseRequest, Peer, WriterEnd};
-use crate::reader::{MessageReader, ReadEnd};
 use crate::shared::Shared;
+use crate::ws::peer::{CloseRequest, Peer};
+use crate::ws::reader::{MessageReader, ReadEnd};
+use crate::ws::writer::WriterEnd;
 
 /// How a connection ended.
 #[derive(Debug, Clone, Copy)]

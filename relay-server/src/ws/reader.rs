@@ -14,8 +14,8 @@ use fastwebsockets::{after_handshake_split, OpCode, Payload, Role, WebSocketErro
 use relay_core::{Close, CloseCode};
 use tokio::io::AsyncRead;
 
-use crate::deadline::DeadlineReader;
-use crate::peer::Peer;
+use crate::ws::deadline::DeadlineReader;
+use crate::ws::peer::Peer;
 
 /// How reading ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

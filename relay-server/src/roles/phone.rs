@@ -12,10 +12,10 @@ use relay_core::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
-use crate::peer::{Peer, Role};
-use crate::reader::ReadEnd;
-use crate::session::{self, Ended};
 use crate::shared::Shared;
+use crate::ws::peer::{Peer, Role};
+use crate::ws::reader::ReadEnd;
+use crate::ws::session::{self, Ended};
 
 pub struct PhoneHello {
     pub server_id: ServerId,

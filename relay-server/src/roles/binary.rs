@@ -12,9 +12,9 @@ use relay_core::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
-use crate::peer::{Peer, Role};
-use crate::session;
 use crate::shared::Shared;
+use crate::ws::peer::{Peer, Role};
+use crate::ws::session;
 
 pub struct BinaryHello {
     pub server_id: ServerId,
