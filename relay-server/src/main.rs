@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     let config = config::load();
-    relay_server::logging::init(config.log_format);
+    relay_server::logging::init(config.ops.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

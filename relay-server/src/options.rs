@@ -65,23 +65,23 @@ impl RelayOptions {
 impl From<&crate::config::Config> for RelayOptions {
     fn from(c: &crate::config::Config) -> Self {
         RelayOptions {
-            grace_period: c.grace_period,
-            conflict_probe_timeout: c.conflict_probe_timeout,
-            reclaim_policy: match c.reclaim_policy {
+            grace_period: c.lifecycle.grace_period,
+            conflict_probe_timeout: c.lifecycle.conflict_probe_timeout,
+            reclaim_policy: match c.lifecycle.reclaim_policy {
                 crate::config::ReclaimPolicyArg::Evict => ReclaimPolicy::Evict,
                 crate::config::ReclaimPolicyArg::Inherit => ReclaimPolicy::Inherit,
             },
-            max_message_size: c.max_message_size,
-            message_read_timeout: c.message_read_timeout,
-            heartbeat_interval: c.heartbeat_interval,
-            heartbeat_timeout: c.heartbeat_timeout,
-            phone_outbox_bytes: c.phone_outbox_bytes,
+            max_message_size: c.flow.max_message_size,
+            message_read_timeout: c.flow.message_read_timeout,
+            heartbeat_interval: c.flow.heartbeat_interval,
+            heartbeat_timeout: c.flow.heartbeat_timeout,
+            phone_outbox_bytes: c.flow.phone_outbox_bytes,
             binary_inbox_bytes: RelayOptions::default().binary_inbox_bytes,
-            write_timeout: c.write_timeout,
-            max_connections: c.max_connections,
-            phones_per_server: c.phones_per_server,
-            header_read_timeout: c.header_read_timeout,
-            shutdown_timeout: c.shutdown_timeout,
+            write_timeout: c.flow.write_timeout,
+            max_connections: c.admission.max_connections,
+            phones_per_server: c.admission.phones_per_server,
+            header_read_timeout: c.admission.header_read_timeout,
+            shutdown_timeout: c.ops.shutdown_timeout,
         }
     }
 }
