@@ -6,6 +6,7 @@
 //!   (tokio-tungstenite, a different implementation from the server's fastwebsockets).
 //! - [`raw`] (feature `net`): a raw TCP client that can misbehave on purpose.
 //! - [`echo`] and [`load`] (feature `net`): the direct-echo baseline server and the load generator.
+//! - [`services`]: finding the real programs (Pebble, Redis, HAProxy) that some tests need.
 
 pub mod mock;
 
@@ -22,3 +23,5 @@ pub mod echo;
 pub mod load;
 #[cfg(feature = "net")]
 pub mod raw;
+
+pub mod services;
