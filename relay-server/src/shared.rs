@@ -6,6 +6,8 @@ use std::time::Instant;
 use relay_core::{Registry, RegistryConfig, SystemClock};
 use tokio::sync::{watch, Semaphore};
 
+use crate::admission::budget::Budget;
+use crate::admission::shed::Outboxes;
 use crate::options::RelayOptions;
 use crate::stats::Stats;
 use crate::ws::peer::{Peer, PeerLimits, Role};
@@ -19,6 +21,10 @@ pub struct Shared {
     pub conn_slots: Arc<Semaphore>,
     pub started: Instant,
     pub stats: Stats,
+    /// Every byte held for peers, relay-wide (§8).
+    pub budget: Arc<Budget>,
+    /// Live phone outboxes, for the budget's shedder.
+    pub outboxes: Arc<Outboxes>,
 }
 
 impl Shared {
@@ -36,6 +42,8 @@ impl Shared {
         Shared {
             registry,
             conn_slots: Arc::new(Semaphore::new(opts.max_connections)),
+            budget: Budget::new(opts.max_buffered_bytes),
+            outboxes: Arc::default(),
             opts,
             shutdown,
             started: Instant::now(),
