@@ -3,17 +3,18 @@
 //! The directory listing is the architecture: `config/` (flags and boot errors, one file per
 //! subsystem), `admission/` (limits and the memory budget), `server` (accept loop, shutdown), `http` (routes, header rules, upgrade,
 //! `/healthz`), `ws/` (one connection: reader, peer queue, writer, session), `roles/` (what a
-//! binary and a phone do with their messages), `logging` and `stats`.
+//! binary and a phone do with their messages), `metrics/` (the §10 series and their listener),
+//! `logging`.
 
 pub mod admission;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod options;
 pub mod roles;
 pub mod server;
 pub mod shared;
-pub mod stats;
 pub mod ws;
 
 pub use options::RelayOptions;
