@@ -5,6 +5,7 @@
 //! `/healthz`), `ws/` (one connection: reader, peer queue, writer, session), `roles/` (what a
 //! binary and a phone do with their messages), `logging` and `stats`.
 
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod logging;
