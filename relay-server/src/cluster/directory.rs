@@ -233,6 +233,72 @@ pub trait Directory: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), DirError>> + Send;
 }
 
+/// One directory shared by several users in a process (tests run two nodes on one).
+impl<D: Directory> Directory for Arc<D> {
+    fn join(
+        &self,
+        node: &NodeId,
+        addr: &str,
+        lease: Duration,
+        floor: Epoch,
+    ) -> impl Future<Output = Result<Epoch, DirError>> + Send {
+        (**self).join(node, addr, lease, floor)
+    }
+    fn refresh(
+        &self,
+        node: &NodeId,
+        epoch: Epoch,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Refresh, DirError>> + Send {
+        (**self).refresh(node, epoch, lease)
+    }
+    fn claim(
+        &self,
+        sid: &ServerId,
+        node: &NodeId,
+        epoch: Epoch,
+    ) -> impl Future<Output = Result<Claim, DirError>> + Send {
+        (**self).claim(sid, node, epoch)
+    }
+    fn locate(
+        &self,
+        sid: &ServerId,
+        node: &NodeId,
+    ) -> impl Future<Output = Result<Holder, DirError>> + Send {
+        (**self).locate(sid, node)
+    }
+    fn release(
+        &self,
+        sid: &ServerId,
+        node: &NodeId,
+        epoch: Epoch,
+    ) -> impl Future<Output = Result<bool, DirError>> + Send {
+        (**self).release(sid, node, epoch)
+    }
+    fn reassert(
+        &self,
+        node: &NodeId,
+        epoch: Epoch,
+        sids: &[ServerId],
+    ) -> impl Future<Output = Result<Reassert, DirError>> + Send {
+        (**self).reassert(node, epoch, sids)
+    }
+    fn purge(
+        &self,
+        node: &NodeId,
+        epoch: Epoch,
+    ) -> impl Future<Output = Result<u64, DirError>> + Send {
+        (**self).purge(node, epoch)
+    }
+    fn leave(
+        &self,
+        node: &NodeId,
+        epoch: Epoch,
+    ) -> impl Future<Output = Result<(), DirError>> + Send {
+        (**self).leave(node, epoch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

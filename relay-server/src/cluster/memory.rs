@@ -126,6 +126,15 @@ impl<K: Clock> MemoryDirectory<K> {
         })
     }
 
+    /// The server-ids `node` is recorded as having taken (Redis: its `owned:` set).
+    pub fn owned(&self, node: &NodeId) -> Vec<String> {
+        self.lock()
+            .owned
+            .get(node)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The epoch `node`'s liveness entry has now, if it has one.
     pub fn live_epoch(&self, node: &NodeId) -> Option<Epoch> {
         let now = self.clock.now();
