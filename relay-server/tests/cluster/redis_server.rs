@@ -12,11 +12,22 @@ pub struct RedisServer {
     program: PathBuf,
     pub port: u16,
     child: Option<Child>,
+    /// `Some((cert, key))`: TLS only, on `port`.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl RedisServer {
     /// `None` (test skipped) when redis-server is missing outside CI.
     pub fn start() -> Option<RedisServer> {
+        Self::start_with(None)
+    }
+
+    /// A TLS-only server presenting `cert` (PEM chain) and `key`.
+    pub fn start_tls(cert: PathBuf, key: PathBuf) -> Option<RedisServer> {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf)>) -> Option<RedisServer> {
         let program = relay_testkit::services::require("redis-server")?;
         // The port is free now; redis-server binds it a moment later (it has no port 0).
         let port = TcpListener::bind("127.0.0.1:0")
@@ -27,20 +38,42 @@ impl RedisServer {
             program,
             port,
             child: None,
+            tls,
         };
         s.spawn();
         Some(s)
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(&self.program)
+        let port = self.port.to_string();
+        let mut cmd = Command::new(&self.program);
+        match &self.tls {
+            None => cmd.args(["--port", &port]),
+            Some((cert, key)) => cmd
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key),
+        };
+        let child = cmd
             .args([
-                "--port",
-                &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -65,7 +98,12 @@ impl RedisServer {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.command("PING").is_some_and(|r| r.starts_with("+PONG")) {
+            let ready = if self.tls.is_some() {
+                TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            } else {
+                self.command("PING").is_some_and(|r| r.starts_with("+PONG"))
+            };
+            if ready {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
