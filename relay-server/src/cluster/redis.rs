@@ -80,6 +80,8 @@ impl RedisDirectory {
     /// Parses `url` (`redis://` or `rediss://`, TLS through rustls) and sets up the
     /// reconnecting connection. Does not connect: the first call does, and every call after
     /// a loss reconnects, so a node can boot while Redis is down and recover when it is up.
+    /// Call it inside the tokio runtime that will use it (the client spawns a task there).
+    /// A private CA for `rediss://` is trusted through `SSL_CERT_FILE`.
     pub fn new(url: &str, prefix: &str) -> Result<RedisDirectory, RedisUrlError> {
         // The parse error text may quote the URL; keep only its category.
         let client =
