@@ -7,6 +7,7 @@
 //! `logging`.
 
 pub mod admission;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod logging;
