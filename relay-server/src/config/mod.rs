@@ -160,7 +160,7 @@ impl Feature {
             Feature::Tls => false,
             Feature::Acme => false,
             Feature::Metrics => true,
-            Feature::RateLimits => false,
+            Feature::RateLimits => true,
             Feature::HandshakeTimeout => false,
             Feature::MemoryBudget => true,
             Feature::Push => false,

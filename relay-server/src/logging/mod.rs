@@ -19,6 +19,8 @@
 //! Header values rejected at validation are logged without the value (§2).
 //! This module cannot enforce the rule (tracing fields are free-form); call sites must.
 
+pub mod throttle;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::fmt::MakeWriter;
