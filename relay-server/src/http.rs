@@ -1,5 +1,5 @@
-//! HTTP before the upgrade (protocol.md §2, §8, §10): routes, the global connection cap,
-//! header rules, the WebSocket upgrade, and `/healthz`.
+//! HTTP before the upgrade (protocol.md §2, §8, §9, §10): routes, the Host check of the TLS
+//! modes, the global connection cap, header rules, the WebSocket upgrade, and `/healthz`.
 //!
 //! Every refusal here is an HTTP status with an empty body. Once upgraded, every registry
 //! decision is a WebSocket close code instead (the binary retries HTTP errors but treats 4409
@@ -16,8 +16,10 @@ use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use relay_core::headers::{self, HeaderError};
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
+
+use crate::listen::host::{host_allowed, AllowedHosts};
+use crate::listen::stream::ServerStream;
 
 use crate::roles::binary::{self, BinaryHello};
 use crate::roles::phone::{self, PhoneHello};
@@ -31,6 +33,16 @@ fn empty(status: StatusCode) -> Response<Body> {
     r
 }
 
+/// What the HTTP layer knows about the connection a request came on.
+#[derive(Clone)]
+pub struct ConnInfo {
+    /// The client's address: the PROXY v2 source when the listener requires one (§9), else
+    /// the socket peer. Logs (`remote=`) and §8 admission use this, never the socket peer.
+    pub remote: SocketAddr,
+    /// The names a TLS listener serves (the Host check, §9); `None` on plain listeners.
+    pub hosts: Option<Arc<dyn AllowedHosts>>,
+}
+
 #[derive(Clone, Copy)]
 enum Endpoint {
     Server,
@@ -40,10 +52,23 @@ enum Endpoint {
 pub async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
-    remote: SocketAddr,
+    conn: ConnInfo,
 ) -> Result<Response<Body>, Infallible> {
+    let remote = conn.remote;
+    if req.uri().path() == "/healthz" {
+        // Not Host-checked: health checkers (Fly, load balancers) dial the address, not the
+        // name, and the counts it shows are no secret (docs/operations.md, "Host check").
+        return Ok(healthz(&req, &shared));
+    }
+    // §2: first of all checks in TLS modes, before routing, so a wrong name learns nothing.
+    if let Some(hosts) = &conn.hosts {
+        let values = req.headers().get_all(hyper::header::HOST).iter();
+        if !host_allowed(hosts.as_ref(), values.map(HeaderValue::as_bytes)) {
+            info!(path = %req.uri().path(), remote = %remote, "request refused: Host is not a name of this relay (421)");
+            return Ok(empty(StatusCode::MISDIRECTED_REQUEST));
+        }
+    }
     let endpoint = match req.uri().path() {
-        "/healthz" => return Ok(healthz(&req, &shared)),
         "/v1/server" | "/v2/server" => Endpoint::Server,
         "/v1/client" | "/v2/client" => Endpoint::Client,
         _ => return Ok(empty(StatusCode::NOT_FOUND)),
@@ -131,7 +156,8 @@ fn upgrade(
     if shared.is_shutting_down() {
         return empty(StatusCode::SERVICE_UNAVAILABLE);
     }
-    // §2 order: (host check, per-IP limits: later issues) → global cap → headers → upgrade.
+    // §2 order: host check (above) → (per-IP limits: admission) → global cap → headers →
+    // upgrade.
     let Ok(slot) = shared.conn_slots.clone().try_acquire_owned() else {
         warn!(path = %path, remote = %remote, "connection cap reached, upgrade refused");
         return empty(StatusCode::SERVICE_UNAVAILABLE);
@@ -173,10 +199,10 @@ fn upgrade(
             }
         };
         let upgraded = ws.into_inner().into_inner();
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<ServerStream>>() {
             Ok(parts) => {
-                // Plain TCP: owned halves, no lock between reader and writer.
-                let (r, w) = parts.io.into_inner().into_split();
+                // Plain TCP: owned halves; TLS: a lock only around rustls' in-memory work.
+                let (r, w) = parts.io.into_inner().into_split(shared.opts.tls_split);
                 // The leftover bytes are a view into hyper's whole read buffer: copy the few
                 // bytes out so that buffer is freed now, not kept for the connection's life.
                 let prefix = Bytes::copy_from_slice(&parts.read_buf);

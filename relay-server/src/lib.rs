@@ -1,12 +1,14 @@
 //! The pyrycode relay server: [`relay_core`] wired to sockets with hyper.
 //!
 //! The directory listing is the architecture: `config/` (flags and boot errors, one file per
-//! subsystem), `server` (accept loop, shutdown), `http` (routes, header rules, upgrade,
+//! subsystem), `listen/` (listeners, TLS, PROXY v2, the Host check, the stream split),
+//! `server` (accept loops, handshake deadline, shutdown), `http` (routes, header rules, upgrade,
 //! `/healthz`), `ws/` (one connection: reader, peer queue, writer, session), `roles/` (what a
 //! binary and a phone do with their messages), `logging` and `stats`.
 
 pub mod config;
 pub mod http;
+pub mod listen;
 pub mod logging;
 pub mod options;
 pub mod roles;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use relay_core::ReclaimPolicy;
 
+use crate::listen::stream::TlsSplit;
+
 #[derive(Clone, Debug)]
 pub struct RelayOptions {
     pub grace_period: Duration,
@@ -24,7 +26,11 @@ pub struct RelayOptions {
     pub max_connections: usize,
     pub phones_per_server: usize,
     pub header_read_timeout: Duration,
+    /// From accept to a finished upgrade, PROXY header and TLS handshake included (§8).
+    pub handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// How upgraded TLS connections split (benchmarks compare; always `Own` in the binary).
+    pub tls_split: TlsSplit,
 }
 
 impl Default for RelayOptions {
@@ -43,7 +49,9 @@ impl Default for RelayOptions {
             max_connections: 10_000,
             phones_per_server: 16,
             header_read_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
+            tls_split: TlsSplit::Own,
         }
     }
 }
@@ -81,7 +89,9 @@ impl From<&crate::config::Config> for RelayOptions {
             max_connections: c.admission.max_connections,
             phones_per_server: c.admission.phones_per_server,
             header_read_timeout: c.admission.header_read_timeout,
+            handshake_timeout: c.admission.handshake_timeout,
             shutdown_timeout: c.ops.shutdown_timeout,
+            tls_split: TlsSplit::Own,
         }
     }
 }

@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::tls::ClientStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -521,13 +523,14 @@ impl Default for RawOptions {
     }
 }
 
-/// A hand-framed WebSocket client over a plain `TcpStream` for misbehaviour tests.
+/// A hand-framed WebSocket client for misbehaviour tests, over TCP or (for an address
+/// registered with [`crate::tls::speak_tls`]) TLS.
 ///
 /// It writes only when told to and reads only when told to. So "never answer pings" and "stop
 /// reading" need no configuration: just do not call anything. See the module docs.
 #[derive(Debug)]
 pub struct RawClient {
-    stream: TcpStream,
+    stream: ClientStream,
     /// Bytes read but not yet parsed into frames.
     buf: Vec<u8>,
     /// A fragmented data message in progress: its opcode and the payload so far.
@@ -568,8 +571,9 @@ impl RawClient {
             if let Some(size) = options.recv_buffer_size {
                 socket.set_recv_buffer_size(size)?;
             }
-            let mut stream = socket.connect(addr).await?;
+            let stream = socket.connect(addr).await?;
             stream.set_nodelay(true)?;
+            let mut stream = crate::tls::wrap(stream, addr).await?;
             let host = options.host.clone().unwrap_or_else(|| addr.to_string());
             let (request, key) = upgrade_request(&host, path, headers);
             let (response, rest) = handshake(&mut stream, &request, &key).await?;
@@ -602,7 +606,7 @@ impl RawClient {
 
     /// The underlying socket, e.g. for `peer_addr` or socket options.
     pub fn tcp(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 
     /// Encodes a masked client frame with a fresh mask, to send later in pieces with
@@ -865,7 +869,7 @@ impl RawClient {
     /// Gives up the socket, e.g. to drop it without a close frame (`drop(client.into_tcp())`
     /// or just `drop(client)`).
     pub fn into_tcp(self) -> TcpStream {
-        self.stream
+        self.stream.into_tcp()
     }
 
     fn next_mask(&mut self) -> [u8; 4] {
