@@ -37,7 +37,11 @@ pub fn test_certificate() -> &'static TestCertificate {
 
 /// A TLS transport serving [`test_certificate`], as manual mode would (§9).
 pub fn tls_transport(proxy_protocol: bool) -> (Transport, Arc<CertResolver>) {
-    let cert = test_certificate();
+    tls_transport_for(test_certificate(), proxy_protocol)
+}
+
+/// A TLS transport serving `cert` (its names are the Host check's names).
+pub fn tls_transport_for(cert: &TestCertificate, proxy_protocol: bool) -> (Transport, Arc<CertResolver>) {
     let key = tls::certified(vec![cert.der.clone()], cert.key_der()).expect("test key");
     let resolver = Arc::new(CertResolver::fixed(key));
     let transport = Transport::Tls(TlsTransport {
