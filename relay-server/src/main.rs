@@ -35,7 +35,13 @@ async fn serve(config: config::Config) -> ExitCode {
         }
     };
     let addr = prepared.addr;
-    let relay = match Relay::bind_with(addr, prepared.transport.clone(), RelayOptions::from(&config)).await {
+    let relay = match Relay::bind_with(
+        addr,
+        prepared.transport.clone(),
+        RelayOptions::from(&config),
+    )
+    .await
+    {
         Ok(relay) => relay,
         Err(e) => {
             error!(addr = %addr, err = %e, "cannot bind listener");

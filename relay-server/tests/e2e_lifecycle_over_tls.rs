@@ -5,18 +5,3 @@
 
 #[path = "e2e_lifecycle.rs"]
 mod suite;
-
-#[path = "support/mod.rs"]
-mod support;
-
-/// Guards the mechanism itself: the relays of this binary really speak TLS.
-#[tokio::test]
-async fn relays_of_this_binary_serve_tls() {
-    assert!(support::over_tls());
-    let relay = support::start(support::fast_opts()).await;
-    assert!(relay.tls);
-    let stream = relay_testkit::tls::connect(relay.addr)
-        .await
-        .expect("a TLS handshake with the relay");
-    assert!(stream.is_tls());
-}

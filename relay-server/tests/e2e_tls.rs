@@ -14,10 +14,10 @@ use relay_testkit::client::{fresh_server_id, FakeBinary, FakePhone};
 use relay_testkit::raw::proxy_v2_header;
 use relay_testkit::tls::{self as ttls, ClientStream, TestCertificate, TlsTarget};
 use rustls_pki_types::ServerName;
-use tokio_rustls::rustls;
 use support::{start_with, tls_transport_for, TestRelay};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
 const NAME: &str = "relay.example.com";
 
@@ -26,7 +26,12 @@ fn ms(n: u64) -> Duration {
 }
 
 /// A TLS relay whose certificate names `names`; clients reach it with SNI `sni`.
-async fn relay_named(names: &[&str], sni: &str, proxy: bool, opts: RelayOptions) -> (TestRelay, TestCertificate) {
+async fn relay_named(
+    names: &[&str],
+    sni: &str,
+    proxy: bool,
+    opts: RelayOptions,
+) -> (TestRelay, TestCertificate) {
     let cert = ttls::test_certificate(names);
     let (transport, _) = tls_transport_for(&cert, proxy);
     let relay = start_with(transport, opts).await;
@@ -36,13 +41,16 @@ async fn relay_named(names: &[&str], sni: &str, proxy: bool, opts: RelayOptions)
 
 fn target(cert: &TestCertificate, sni: &str) -> TlsTarget {
     TlsTarget {
-        config: ttls::client_config(&[cert.der.clone()]),
+        config: ttls::client_config(std::slice::from_ref(&cert.der)),
         server_name: ServerName::try_from(sni.to_owned()).unwrap(),
     }
 }
 
 /// Status and body length of one hand-written request over `stream`.
-async fn status_of<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, request: &str) -> (u16, usize) {
+async fn status_of<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &str,
+) -> (u16, usize) {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
@@ -98,11 +106,19 @@ async fn host_that_is_not_a_name_of_the_certificate_gets_421_with_an_empty_body(
             .await
             .unwrap_or_else(|e| panic!("{host}: {e}"));
         assert_eq!((r.status, r.body_len()), (421, 0), "Host {host}");
-        let r = FakePhone::builder(relay.addr, &sid).host(host).refused().await.unwrap();
+        let r = FakePhone::builder(relay.addr, &sid)
+            .host(host)
+            .refused()
+            .await
+            .unwrap();
         assert_eq!((r.status, r.body_len()), (421, 0), "phone, Host {host}");
     }
     // The name itself, with a port, in any case: served.
-    for host in ["relay.example.com", "RELAY.Example.com:443", "relay.example.com.:8443"] {
+    for host in [
+        "relay.example.com",
+        "RELAY.Example.com:443",
+        "relay.example.com.:8443",
+    ] {
         let sid = fresh_server_id();
         let mut binary = FakeBinary::builder(relay.addr, &sid)
             .host(host)
@@ -117,10 +133,16 @@ async fn host_that_is_not_a_name_of_the_certificate_gets_421_with_an_empty_body(
 async fn missing_or_repeated_host_gets_421() {
     let (relay, cert) = relay_named(&[NAME], NAME, false, support::fast_opts()).await;
     let sid = fresh_server_id();
-    let mut s = ttls::handshake(TcpStream::connect(relay.addr).await.unwrap(), &target(&cert, NAME))
-        .await
-        .unwrap();
-    assert_eq!(status_of(&mut s, &upgrade_request("/v1/server", None, &sid)).await, (421, 0));
+    let mut s = ttls::handshake(
+        TcpStream::connect(relay.addr).await.unwrap(),
+        &target(&cert, NAME),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status_of(&mut s, &upgrade_request("/v1/server", None, &sid)).await,
+        (421, 0)
+    );
     let r = FakeBinary::builder(relay.addr, &sid)
         .add_header("Host", NAME)
         .add_header("Host", NAME)
@@ -132,10 +154,19 @@ async fn missing_or_repeated_host_gets_421() {
 
 #[tokio::test]
 async fn ip_literal_hosts_match_the_certificates_ip_addresses() {
-    let (relay, _) =
-        relay_named(&["127.0.0.1", "::1", NAME], "127.0.0.1", false, support::fast_opts()).await;
+    let (relay, _) = relay_named(
+        &["127.0.0.1", "::1", NAME],
+        "127.0.0.1",
+        false,
+        support::fast_opts(),
+    )
+    .await;
     let port = relay.addr.port();
-    for host in [format!("127.0.0.1:{port}"), format!("[::1]:{port}"), "[::1]".into()] {
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "[::1]".into(),
+    ] {
         let sid = fresh_server_id();
         FakeBinary::builder(relay.addr, &sid)
             .host(&host)
@@ -197,9 +228,12 @@ async fn healthz_is_not_host_checked_and_unknown_paths_are() {
     // Documented in operations.md: health checkers dial addresses, not names.
     let (relay, cert) = relay_named(&[NAME], NAME, false, support::fast_opts()).await;
     let connect = || async {
-        ttls::handshake(TcpStream::connect(relay.addr).await.unwrap(), &target(&cert, NAME))
-            .await
-            .unwrap()
+        ttls::handshake(
+            TcpStream::connect(relay.addr).await.unwrap(),
+            &target(&cert, NAME),
+        )
+        .await
+        .unwrap()
     };
     let get = |path: &str, host: &str| {
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
@@ -207,8 +241,14 @@ async fn healthz_is_not_host_checked_and_unknown_paths_are() {
     let (status, len) = status_of(&mut connect().await, &get("/healthz", "10.1.2.3:443")).await;
     assert_eq!(status, 200);
     assert!(len > 0);
-    assert_eq!(status_of(&mut connect().await, &get("/nope", "evil.example.com")).await, (421, 0));
-    assert_eq!(status_of(&mut connect().await, &get("/nope", NAME)).await.0, 404);
+    assert_eq!(
+        status_of(&mut connect().await, &get("/nope", "evil.example.com")).await,
+        (421, 0)
+    );
+    assert_eq!(
+        status_of(&mut connect().await, &get("/nope", NAME)).await.0,
+        404
+    );
 }
 
 // ---- §9 TLS versions, ALPN, SNI --------------------------------------------------------------
@@ -278,7 +318,9 @@ async fn tls_1_2_and_1_3_are_both_served() {
         let stream = ttls::handshake(TcpStream::connect(relay.addr).await.unwrap(), &t)
             .await
             .unwrap();
-        let ClientStream::Tls(tls) = &stream else { unreachable!() };
+        let ClientStream::Tls(tls) = &stream else {
+            unreachable!()
+        };
         assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
         let mut binary = FakeBinary::builder(relay.addr, &fresh_server_id())
             .host(NAME)
@@ -293,21 +335,37 @@ async fn tls_1_2_and_1_3_are_both_served() {
 async fn alpn_offers_http_1_1_only() {
     let (relay, cert) = relay_named(&[NAME], NAME, false, support::fast_opts()).await;
     let with_alpn = |protos: &[&[u8]]| {
-        let mut config = (*ttls::client_config(&[cert.der.clone()])).clone();
+        let mut config = (*ttls::client_config(std::slice::from_ref(&cert.der))).clone();
         config.alpn_protocols = protos.iter().map(|p| p.to_vec()).collect();
         TlsTarget {
             config: Arc::new(config),
             server_name: ServerName::try_from(NAME).unwrap(),
         }
     };
-    let s = ttls::handshake(TcpStream::connect(relay.addr).await.unwrap(), &with_alpn(&[b"h2", b"http/1.1"]))
-        .await
-        .unwrap();
-    let ClientStream::Tls(tls) = &s else { unreachable!() };
+    let s = ttls::handshake(
+        TcpStream::connect(relay.addr).await.unwrap(),
+        &with_alpn(&[b"h2", b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let ClientStream::Tls(tls) = &s else {
+        unreachable!()
+    };
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let h2_only = ttls::handshake(TcpStream::connect(relay.addr).await.unwrap(), &with_alpn(&[b"h2"])).await;
-    assert!(h2_only.is_err(), "an h2-only client is refused (no_application_protocol)");
-    let none = ttls::handshake(TcpStream::connect(relay.addr).await.unwrap(), &with_alpn(&[])).await;
+    let h2_only = ttls::handshake(
+        TcpStream::connect(relay.addr).await.unwrap(),
+        &with_alpn(&[b"h2"]),
+    )
+    .await;
+    assert!(
+        h2_only.is_err(),
+        "an h2-only client is refused (no_application_protocol)"
+    );
+    let none = ttls::handshake(
+        TcpStream::connect(relay.addr).await.unwrap(),
+        &with_alpn(&[]),
+    )
+    .await;
     assert!(none.is_ok(), "a client without ALPN is served");
 }
 
@@ -322,16 +380,27 @@ async fn sni_naming_an_unknown_name_gets_its_handshake_refused() {
     )
     .await
     .expect_err("refused");
-    let inner = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+    let inner = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>());
     assert!(
         matches!(inner, Some(rustls::Error::AlertReceived(_))),
         "the relay sent an alert: {err:?}"
     );
     // A ClientHello without SNI (an IP address dialled) gets the certificate.
-    let (relay, cert) = relay_named(&[NAME, "127.0.0.1"], "127.0.0.1", false, support::fast_opts()).await;
-    ttls::handshake(TcpStream::connect(relay.addr).await.unwrap(), &target(&cert, "127.0.0.1"))
-        .await
-        .expect("no SNI: served");
+    let (relay, cert) = relay_named(
+        &[NAME, "127.0.0.1"],
+        "127.0.0.1",
+        false,
+        support::fast_opts(),
+    )
+    .await;
+    ttls::handshake(
+        TcpStream::connect(relay.addr).await.unwrap(),
+        &target(&cert, "127.0.0.1"),
+    )
+    .await
+    .expect("no SNI: served");
 }
 
 // ---- §9 PROXY v2 -----------------------------------------------------------------------------
@@ -375,7 +444,11 @@ async fn proxy_v2_header_then_tls_is_served() {
         .unwrap();
     // IPv6 sources too.
     let v6: SocketAddr = "[2001:db8::7]:4242".parse().unwrap();
-    let tcp = proxied(&relay, &proxy_v2_header(v6, "[2001:db8::1]:443".parse().unwrap())).await;
+    let tcp = proxied(
+        &relay,
+        &proxy_v2_header(v6, "[2001:db8::1]:443".parse().unwrap()),
+    )
+    .await;
     let stream = ttls::handshake(tcp, &target(&cert, NAME)).await.unwrap();
     let mut phone = FakePhone::builder(relay.addr, &sid)
         .host(NAME)
@@ -391,7 +464,11 @@ async fn proxy_v2_header_then_tls_is_served() {
 async fn without_proxy_v1_local_or_garbage_the_connection_is_closed_with_zero_bytes() {
     let (relay, cert) = relay_named(&[NAME], NAME, true, support::fast_opts()).await;
     // No header at all: a ClientHello straight away.
-    let direct = ttls::handshake(TcpStream::connect(relay.addr).await.unwrap(), &target(&cert, NAME)).await;
+    let direct = ttls::handshake(
+        TcpStream::connect(relay.addr).await.unwrap(),
+        &target(&cert, NAME),
+    )
+    .await;
     assert!(direct.is_err(), "TLS without a PROXY header is refused");
     let mut local = proxy_v2_header(source(), relay.addr);
     local[12] = 0x20; // v2 LOCAL
@@ -400,7 +477,10 @@ async fn without_proxy_v1_local_or_garbage_the_connection_is_closed_with_zero_by
     let mut unspec = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     unspec.extend_from_slice(&[0x21, 0x00, 0x00, 0x00]);
     for (what, bytes) in [
-        ("v1", b"PROXY TCP4 203.0.113.7 10.0.0.1 4242 443\r\n".to_vec()),
+        (
+            "v1",
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 4242 443\r\n".to_vec(),
+        ),
         ("LOCAL", local),
         ("UNSPEC", unspec),
         ("UDP", udp),
@@ -409,7 +489,10 @@ async fn without_proxy_v1_local_or_garbage_the_connection_is_closed_with_zero_by
     ] {
         let tcp = proxied(&relay, &bytes).await;
         let took = closed_with_zero_bytes(tcp, Duration::from_secs(3)).await;
-        assert!(took < Duration::from_secs(2), "{what}: closed at once, took {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{what}: closed at once, took {took:?}"
+        );
     }
 }
 
@@ -458,30 +541,49 @@ async fn stalled_tls_handshakes_are_cut_at_the_handshake_timeout_and_hold_no_slo
     // and the stalled ones hold no connection slot (max-connections is 1).
     let started = Instant::now();
     let sid = fresh_server_id();
-    let mut binary = FakeBinary::builder(relay.addr, &sid).host(NAME).connect().await.unwrap();
+    let mut binary = FakeBinary::builder(relay.addr, &sid)
+        .host(NAME)
+        .connect()
+        .await
+        .unwrap();
     assert!(started.elapsed() < ms(500), "served while the others stall");
     for tcp in stalled {
         let took = closed_with_zero_bytes(tcp, Duration::from_secs(5)).await;
         assert!(took < Duration::from_secs(2), "cut near 600 ms: {took:?}");
     }
-    binary.expect_silence(ms(700)).await.expect("the upgraded binary is outside the deadline");
+    binary
+        .expect_silence(ms(700))
+        .await
+        .expect("the upgraded binary is outside the deadline");
     binary.close(1000).await.unwrap();
-    support::eventually("the slot is free", || relay.shared.conn_slots.available_permits() == 1).await;
+    support::eventually("the slot is free", || {
+        relay.shared.conn_slots.available_permits() == 1
+    })
+    .await;
 
     // The deadline runs from accept to the upgrade: a finished TLS handshake followed by
     // request headers that never end is cut at the same deadline (header timeout is 5 s).
-    let mut slow = ttls::handshake(TcpStream::connect(relay.addr).await.unwrap(), &target(&cert, NAME))
+    let mut slow = ttls::handshake(
+        TcpStream::connect(relay.addr).await.unwrap(),
+        &target(&cert, NAME),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /v1/server HTTP/1.1\r\nHost: relay.example.com\r\n")
         .await
         .unwrap();
-    let started = Instant::now();
-    slow.write_all(b"GET /v1/server HTTP/1.1\r\nHost: relay.example.com\r\n").await.unwrap();
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
         .await
         .expect("cut before the 5 s header timeout")
         .unwrap_or(0);
     assert_eq!(n, 0);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -495,7 +597,9 @@ async fn plain_listeners_have_the_handshake_deadline_too() {
     )
     .await;
     let mut tcp = TcpStream::connect(relay.addr).await.unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let took = closed_with_zero_bytes(tcp, Duration::from_secs(5)).await;
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
@@ -518,8 +622,16 @@ async fn reload_swaps_the_certificate_for_new_connections_and_keeps_live_ones() 
     let relay = start_with(transport, support::fast_opts()).await;
     ttls::register(relay.addr, target(&old, NAME));
     let sid = fresh_server_id();
-    let mut binary = FakeBinary::builder(relay.addr, &sid).host(NAME).connect().await.unwrap();
-    let mut phone = FakePhone::builder(relay.addr, &sid).host(NAME).connect().await.unwrap();
+    let mut binary = FakeBinary::builder(relay.addr, &sid)
+        .host(NAME)
+        .connect()
+        .await
+        .unwrap();
+    let mut phone = FakePhone::builder(relay.addr, &sid)
+        .host(NAME)
+        .connect()
+        .await
+        .unwrap();
 
     let new = ttls::test_certificate(&[NAME, "relay2.example.com"]);
     std::fs::write(&cert_path, &new.cert_pem).unwrap();
@@ -527,14 +639,22 @@ async fn reload_swaps_the_certificate_for_new_connections_and_keeps_live_ones() 
     resolver.reload().unwrap();
 
     // New connections see the new certificate (trusting only it works, only the old fails).
-    let s = ttls::handshake(TcpStream::connect(relay.addr).await.unwrap(), &target(&new, NAME))
-        .await
-        .expect("new handshakes get the new certificate");
-    let ClientStream::Tls(tls) = &s else { unreachable!() };
+    let s = ttls::handshake(
+        TcpStream::connect(relay.addr).await.unwrap(),
+        &target(&new, NAME),
+    )
+    .await
+    .expect("new handshakes get the new certificate");
+    let ClientStream::Tls(tls) = &s else {
+        unreachable!()
+    };
     assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], new.der);
-    assert!(ttls::handshake(TcpStream::connect(relay.addr).await.unwrap(), &target(&old, NAME))
-        .await
-        .is_err());
+    assert!(ttls::handshake(
+        TcpStream::connect(relay.addr).await.unwrap(),
+        &target(&old, NAME)
+    )
+    .await
+    .is_err());
     // The new certificate's names are the Host check's names now.
     ttls::register(relay.addr, target(&new, NAME));
     FakeBinary::builder(relay.addr, &fresh_server_id())
@@ -552,9 +672,12 @@ async fn reload_swaps_the_certificate_for_new_connections_and_keeps_live_ones() 
     let other = ttls::test_certificate(&[NAME]);
     std::fs::write(&key_path, &other.key_pem).unwrap();
     assert!(resolver.reload().is_err());
-    ttls::handshake(TcpStream::connect(relay.addr).await.unwrap(), &target(&new, NAME))
-        .await
-        .expect("still the new certificate");
+    ttls::handshake(
+        TcpStream::connect(relay.addr).await.unwrap(),
+        &target(&new, NAME),
+    )
+    .await
+    .expect("still the new certificate");
 }
 
 /// A fresh directory under the target dir (removed by the next run's `cargo clean`, not here:

@@ -86,13 +86,12 @@ pub fn client_config(roots: &[CertificateDer<'static>]) -> Arc<ClientConfig> {
         // A root that does not parse is the test's bug; the handshake then fails loudly.
         let _ = store.add(root.clone());
     }
-    let mut config = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap_or_else(|_| unreachable!("ring supports the default versions"))
-    .with_root_certificates(store)
-    .with_no_client_auth();
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|_| unreachable!("ring supports the default versions"))
+            .with_root_certificates(store)
+            .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }

@@ -354,13 +354,32 @@ fn refused_until_built(args: &[&str], env: &[(&str, &str)], flag: &str, feature:
 #[test]
 fn tls_modes_are_accepted_and_pass_the_production_refusals() {
     // §9: TLS with given files is a production mode; --dev-tls is a development mode.
-    let args = ["--tls-cert", "c.pem", "--tls-key", "k.pem", "--https-listen", ":8443"];
+    let args = [
+        "--tls-cert",
+        "c.pem",
+        "--tls-key",
+        "k.pem",
+        "--https-listen",
+        ":8443",
+    ];
     let config = parse_env(&args, &[], production(false)).expect("a production mode");
-    assert!(matches!(config.listen, ListenMode::Tls { proxy_protocol: false, .. }));
+    assert!(matches!(
+        config.listen,
+        ListenMode::Tls {
+            proxy_protocol: false,
+            ..
+        }
+    ));
     let mut with_proxy = args.to_vec();
     with_proxy.push("--https-proxy-protocol");
     let config = parse_env(&with_proxy, &[], production(false)).expect("with PROXY v2");
-    assert!(matches!(config.listen, ListenMode::Tls { proxy_protocol: true, .. }));
+    assert!(matches!(
+        config.listen,
+        ListenMode::Tls {
+            proxy_protocol: true,
+            ..
+        }
+    ));
     assert!(matches!(
         parse_env(&["--dev-tls"], &[], production(false)),
         Err(BootError::ProductionDevelopmentMode)
@@ -379,7 +398,10 @@ fn handshake_timeout_flows_into_the_config() {
     assert_eq!(opts.handshake_timeout, Duration::from_secs(3));
     assert!(matches!(
         err(&["--handshake-timeout", "0s"]),
-        BootError::InvalidValue { flag: "--handshake-timeout", .. }
+        BootError::InvalidValue {
+            flag: "--handshake-timeout",
+            ..
+        }
     ));
 }
 

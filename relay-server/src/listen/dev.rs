@@ -39,8 +39,8 @@ pub enum DevTlsError {
 /// Makes the certificate (ECDSA P-256, self-signed).
 pub fn generate() -> Result<DevCert, DevTlsError> {
     let names: Vec<String> = DEV_TLS_NAMES.iter().map(|n| n.to_string()).collect();
-    let made =
-        rcgen::generate_simple_self_signed(names).map_err(|e| DevTlsError::Generate(e.to_string()))?;
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| DevTlsError::Generate(e.to_string()))?;
     let der: CertificateDer<'static> = made.cert.der().clone();
     let fingerprint = sha256_fingerprint(&der);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.key_pair.serialize_der()));
@@ -79,11 +79,21 @@ mod tests {
     #[test]
     fn dev_certificate_names_localhost_and_both_loopback_addresses_only() {
         let cert = generate().unwrap();
-        for host in ["localhost", "LOCALHOST:8443", "127.0.0.1:8443", "[::1]:8443"] {
+        for host in [
+            "localhost",
+            "LOCALHOST:8443",
+            "127.0.0.1:8443",
+            "[::1]:8443",
+        ] {
             let name = parse_host(host.as_bytes()).unwrap();
             assert!(certificate_names(&cert.key, &name), "{host}");
         }
-        for host in ["relay.example.com", "127.0.0.2", "[::2]", "localhost.evil.net"] {
+        for host in [
+            "relay.example.com",
+            "127.0.0.2",
+            "[::2]",
+            "localhost.evil.net",
+        ] {
             let name = parse_host(host.as_bytes()).unwrap();
             assert!(!certificate_names(&cert.key, &name), "{host}");
         }

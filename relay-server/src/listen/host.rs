@@ -104,9 +104,7 @@ mod tests {
     fn ip_literals_are_addresses_and_ipv6_needs_brackets() {
         assert_eq!(
             parse_host(b"127.0.0.1:8443"),
-            Some(ServerName::IpAddress(
-                IpAddr::from([127, 0, 0, 1]).into()
-            ))
+            Some(ServerName::IpAddress(IpAddr::from([127, 0, 0, 1]).into()))
         );
         let v6 = Some(ServerName::IpAddress(
             IpAddr::V6(std::net::Ipv6Addr::LOCALHOST).into(),

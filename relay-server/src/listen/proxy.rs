@@ -97,7 +97,9 @@ mod tests {
             Command::Local => 0x20,
             Command::Proxy => 0x21,
         };
-        Builder::with_addresses(cmd, protocol, addrs).build().unwrap()
+        Builder::with_addresses(cmd, protocol, addrs)
+            .build()
+            .unwrap()
     }
 
     fn pair(src: &str, dst: &str) -> (SocketAddr, SocketAddr) {
@@ -163,7 +165,11 @@ mod tests {
             pair("203.0.113.7:1", "10.0.0.1:443"),
         );
         assert!(matches!(read(&udp).await, Err(ProxyError::NoTcpSource)));
-        let unspec = v2(Command::Proxy, Protocol::Unspecified, Addresses::Unspecified);
+        let unspec = v2(
+            Command::Proxy,
+            Protocol::Unspecified,
+            Addresses::Unspecified,
+        );
         assert!(matches!(read(&unspec).await, Err(ProxyError::NoTcpSource)));
         let mut bad_version = v2(
             Command::Proxy,

@@ -230,7 +230,10 @@ impl CertResolver {
     /// [`Self::reload`] with its one log line (§9: a broken pair is logged, the old one kept).
     pub fn reload_and_log(&self) {
         match self.reload() {
-            Ok(()) => info!(mode = "tls", "SIGHUP: certificate reloaded for new connections"),
+            Ok(()) => info!(
+                mode = "tls",
+                "SIGHUP: certificate reloaded for new connections"
+            ),
             Err(e) => warn!(
                 mode = "tls",
                 err = %e,
@@ -272,4 +275,100 @@ pub fn reload_on_sighup(resolver: Arc<CertResolver>) -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "relay-tls-unit-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn openssl(args: &[&str]) {
+        let ok = Command::new("openssl").args(args).output().unwrap();
+        assert!(ok.status.success(), "openssl {args:?}: {ok:?}");
+    }
+
+    /// A certificate for `localhost` signed by a key in each PEM flavour §9 names.
+    #[test]
+    fn keys_in_pkcs8_pkcs1_and_sec1_pem_all_load() {
+        if relay_testkit::services::require("openssl").is_none() {
+            return;
+        }
+        let d = dir();
+        let p = |n: &str| d.join(n).display().to_string();
+        // RSA, written as PKCS#1 ("BEGIN RSA PRIVATE KEY").
+        openssl(&["genrsa", "-traditional", "-out", &p("rsa1.pem"), "2048"]);
+        // EC P-256, written as SEC1 ("BEGIN EC PRIVATE KEY").
+        openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &p("ec.pem"),
+        ]);
+        // The EC key again as PKCS#8 ("BEGIN PRIVATE KEY").
+        openssl(&[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            &p("ec.pem"),
+            "-out",
+            &p("ec8.pem"),
+        ]);
+        for (key, label) in [
+            ("rsa1.pem", "BEGIN RSA PRIVATE KEY"),
+            ("ec.pem", "BEGIN EC PRIVATE KEY"),
+            ("ec8.pem", "BEGIN PRIVATE KEY"),
+        ] {
+            let pem = std::fs::read_to_string(p(key)).unwrap();
+            assert!(pem.contains(label), "{key} is {label}");
+            let cert = format!("{key}.crt");
+            openssl(&[
+                "req",
+                "-x509",
+                "-key",
+                &p(key),
+                "-out",
+                &p(&cert),
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+            ]);
+            let ck = load_pair(Path::new(&p(&cert)), Path::new(&p(key)))
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            let name = ServerName::try_from("localhost").unwrap();
+            assert!(certificate_names(&ck, &name), "{label}");
+        }
+        // An RSA key with the EC certificate: refused as not belonging together.
+        let err = load_pair(Path::new(&p("ec.pem.crt")), Path::new(&p("rsa1.pem"))).unwrap_err();
+        assert!(err.to_string().contains("does not belong"), "{err}");
+    }
+
+    #[test]
+    fn a_wildcard_certificate_names_one_label_and_no_suffix_tricks() {
+        let made = rcgen::generate_simple_self_signed(vec!["*.example.com".to_string()]).unwrap();
+        let key = PrivateKeyDer::Pkcs8(made.key_pair.serialize_der().into());
+        let ck = certified(vec![made.cert.der().clone()], key).unwrap();
+        let names = |n: &str| certificate_names(&ck, &ServerName::try_from(n).unwrap());
+        assert!(names("relay.example.com"));
+        assert!(!names("example.com"));
+        assert!(!names("a.relay.example.com"));
+        assert!(!names("relay.example.com.evil.net"));
+        assert!(!names("evil-example.com"));
+    }
 }

@@ -41,7 +41,10 @@ pub fn tls_transport(proxy_protocol: bool) -> (Transport, Arc<CertResolver>) {
 }
 
 /// A TLS transport serving `cert` (its names are the Host check's names).
-pub fn tls_transport_for(cert: &TestCertificate, proxy_protocol: bool) -> (Transport, Arc<CertResolver>) {
+pub fn tls_transport_for(
+    cert: &TestCertificate,
+    proxy_protocol: bool,
+) -> (Transport, Arc<CertResolver>) {
     let key = tls::certified(vec![cert.der.clone()], cert.key_der()).expect("test key");
     let resolver = Arc::new(CertResolver::fixed(key));
     let transport = Transport::Tls(TlsTransport {
@@ -139,4 +142,24 @@ pub async fn binary_for(relay: &TestRelay, server_id: &str) -> FakeBinary {
     })
     .await;
     binary
+}
+
+/// Guards the mechanism itself, in every binary that uses this module: its relays speak the
+/// transport [`over_tls`] says (a TLS handshake succeeds, or plain HTTP is answered).
+#[tokio::test]
+async fn relays_of_this_binary_serve_the_chosen_transport() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = start(fast_opts()).await;
+    assert_eq!(relay.tls, over_tls());
+    let mut stream = relay_testkit::tls::connect(relay.addr)
+        .await
+        .expect("connect (and a TLS handshake when over TLS)");
+    assert_eq!(stream.is_tls(), over_tls());
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
 }
