@@ -19,6 +19,7 @@ use relay_core::headers::{self, HeaderError};
 use tracing::{debug, info, warn};
 
 use crate::listen::host::{host_allowed, AllowedHosts};
+use crate::listen::stats::PreUpgrade;
 use crate::listen::stream::ServerStream;
 
 use crate::roles::binary::{self, BinaryHello};
@@ -64,6 +65,7 @@ pub async fn handle(
     if let Some(hosts) = &conn.hosts {
         let values = req.headers().get_all(hyper::header::HOST).iter();
         if !host_allowed(hosts.as_ref(), values.map(HeaderValue::as_bytes)) {
+            shared.listen_stats.record(PreUpgrade::HostRefused);
             info!(path = %req.uri().path(), remote = %remote, "request refused: Host is not a name of this relay (421)");
             return Ok(empty(StatusCode::MISDIRECTED_REQUEST));
         }

@@ -19,6 +19,7 @@ use tokio::time::{timeout_at, Instant};
 use tracing::{debug, info, warn};
 
 use crate::http::ConnInfo;
+use crate::listen::stats::PreUpgrade;
 use crate::listen::stream::ServerStream;
 use crate::listen::{self, Listener, Transport};
 use crate::options::RelayOptions;
@@ -183,12 +184,15 @@ async fn serve_connection(
     let deadline = Instant::now() + shared.opts.handshake_timeout;
     let hosts = transport.hosts();
     let until_upgraded = async {
-        let Some((stream, remote)) = listen::handshake(&transport, tcp, peer).await else {
+        let Some((stream, remote)) =
+            listen::handshake(&transport, tcp, peer, &shared.listen_stats).await
+        else {
             return;
         };
         serve_http(shared.clone(), stream, ConnInfo { remote, hosts }).await;
     };
     if timeout_at(deadline, until_upgraded).await.is_err() {
+        shared.listen_stats.record(PreUpgrade::HandshakeTimeout);
         debug!(remote = %peer, "handshake timeout: connection dropped before its upgrade");
     }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use relay_core::{Registry, RegistryConfig, SystemClock};
 use tokio::sync::{watch, Semaphore};
 
+use crate::listen::stats::ListenStats;
 use crate::options::RelayOptions;
 use crate::stats::Stats;
 use crate::ws::peer::{Peer, PeerLimits, Role};
@@ -19,6 +20,8 @@ pub struct Shared {
     pub conn_slots: Arc<Semaphore>,
     pub started: Instant,
     pub stats: Stats,
+    /// Refusals before the upgrade: handshakes, PROXY headers, the deadline, 421 (§8, §9).
+    pub listen_stats: ListenStats,
 }
 
 impl Shared {
@@ -40,6 +43,7 @@ impl Shared {
             shutdown,
             started: Instant::now(),
             stats: Stats::default(),
+            listen_stats: ListenStats::default(),
         }
     }
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use relay_server::listen::stats::PreUpgrade;
 use relay_server::listen::tls::CertResolver;
 use relay_server::RelayOptions;
 use relay_testkit::client::{fresh_server_id, FakeBinary, FakePhone};
@@ -113,6 +114,11 @@ async fn host_that_is_not_a_name_of_the_certificate_gets_421_with_an_empty_body(
             .unwrap();
         assert_eq!((r.status, r.body_len()), (421, 0), "phone, Host {host}");
     }
+    assert_eq!(
+        relay.shared.listen_stats.count(PreUpgrade::HostRefused),
+        16,
+        "each 421 counted"
+    );
     // The name itself, with a port, in any case: served.
     for host in [
         "relay.example.com",
@@ -551,6 +557,14 @@ async fn stalled_tls_handshakes_are_cut_at_the_handshake_timeout_and_hold_no_slo
         let took = closed_with_zero_bytes(tcp, Duration::from_secs(5)).await;
         assert!(took < Duration::from_secs(2), "cut near 600 ms: {took:?}");
     }
+    support::eventually("each cut counted", || {
+        relay
+            .shared
+            .listen_stats
+            .count(PreUpgrade::HandshakeTimeout)
+            == 10
+    })
+    .await;
     binary
         .expect_silence(ms(700))
         .await
@@ -672,6 +686,8 @@ async fn reload_swaps_the_certificate_for_new_connections_and_keeps_live_ones() 
     let other = ttls::test_certificate(&[NAME]);
     std::fs::write(&key_path, &other.key_pem).unwrap();
     assert!(resolver.reload().is_err());
+    resolver.reload_and_log();
+    assert_eq!(resolver.reloads(), (0, 1), "a failed reload is counted");
     ttls::handshake(
         TcpStream::connect(relay.addr).await.unwrap(),
         &target(&new, NAME),

@@ -46,8 +46,14 @@ async fn main() -> ExitCode {
 }
 
 async fn tour(args: &Args) -> Result<(), String> {
-    let default = if args.tls_ca.is_some() { "127.0.0.1:8443" } else { "127.0.0.1:8080" };
-    let addr = args.addr.unwrap_or_else(|| default.parse().unwrap_or_else(|_| unreachable!()));
+    let default = if args.tls_ca.is_some() {
+        "127.0.0.1:8443"
+    } else {
+        "127.0.0.1:8080"
+    };
+    let addr = args
+        .addr
+        .unwrap_or_else(|| default.parse().unwrap_or_else(|_| unreachable!()));
     let scheme = if let Some(path) = &args.tls_ca {
         let pem = std::fs::read(path).map_err(|e| format!("--tls-ca {}: {e}", path.display()))?;
         let roots = relay_testkit::tls::roots_from_pem(&pem)

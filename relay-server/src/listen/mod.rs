@@ -16,6 +16,7 @@ pub mod dev;
 pub mod host;
 pub mod proxy;
 pub mod split;
+pub mod stats;
 pub mod stream;
 pub mod tls;
 
@@ -149,6 +150,7 @@ pub async fn handshake(
     transport: &Transport,
     mut tcp: TcpStream,
     peer: SocketAddr,
+    stats: &stats::ListenStats,
 ) -> Option<(ServerStream, SocketAddr)> {
     let tls = match transport {
         Transport::Plain => return Some((ServerStream::Plain(tcp), peer)),
@@ -160,6 +162,7 @@ pub async fn handshake(
             Err(e) => {
                 // Scanners hit this all day: debug, not info.
                 debug!(remote = %peer, err = %e, "PROXY header refused, connection closed");
+                stats.record(stats::PreUpgrade::ProxyRefused);
                 return None;
             }
         }
@@ -170,6 +173,7 @@ pub async fn handshake(
         Ok(stream) => Some((ServerStream::Tls(Box::new(stream)), remote)),
         Err(e) => {
             debug!(remote = %remote, err = %e, "TLS handshake failed");
+            stats.record(stats::PreUpgrade::TlsHandshakeFailed);
             None
         }
     }
@@ -181,14 +185,5 @@ pub fn start_reload(prepared: &Prepared) {
         if let Err(e) = tls::reload_on_sighup(resolver.clone()) {
             warn!(err = %e, "cannot watch SIGHUP: certificates reload only on restart");
         }
-    }
-}
-
-/// The `mode=` the startup line shows for a listener.
-pub fn describe(transport: &Transport) -> &'static str {
-    match transport {
-        Transport::Plain => "plain",
-        Transport::Tls(t) if t.proxy_protocol => "tls+proxy",
-        Transport::Tls(_) => "tls",
     }
 }

@@ -131,6 +131,10 @@ impl AsyncRead for TlsReadHalf {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if out.remaining() == 0 {
+            // rustls would answer a zero-length read with Ok(0), which reads as end of stream.
+            return Poll::Ready(Ok(()));
+        }
         loop {
             {
                 let conn = this.conn.clone();

@@ -26,6 +26,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -182,6 +183,9 @@ struct CertFiles {
 pub struct CertResolver {
     current: RwLock<Arc<CertifiedKey>>,
     files: Option<CertFiles>,
+    /// SIGHUP reloads that worked, and that failed (the old pair kept): exported as
+    /// `pyrycode_relay_certificate_reloads_total{outcome="ok"|"failed"}`.
+    reloads: [AtomicU64; 2],
 }
 
 impl CertResolver {
@@ -190,6 +194,7 @@ impl CertResolver {
         CertResolver {
             current: RwLock::new(ck),
             files: None,
+            reloads: Default::default(),
         }
     }
 
@@ -202,6 +207,7 @@ impl CertResolver {
                 cert: cert.to_owned(),
                 key: key.to_owned(),
             }),
+            reloads: Default::default(),
         })
     }
 
@@ -227,9 +233,19 @@ impl CertResolver {
         Ok(())
     }
 
+    /// Reloads so far: `(ok, failed)`.
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads[0].load(Ordering::Relaxed),
+            self.reloads[1].load(Ordering::Relaxed),
+        )
+    }
+
     /// [`Self::reload`] with its one log line (§9: a broken pair is logged, the old one kept).
     pub fn reload_and_log(&self) {
-        match self.reload() {
+        let result = self.reload();
+        self.reloads[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
+        match result {
             Ok(()) => info!(
                 mode = "tls",
                 "SIGHUP: certificate reloaded for new connections"

@@ -145,7 +145,9 @@ fn main() -> ExitCode {
         let roots = std::fs::read(path).and_then(|pem| relay_testkit::tls::roots_from_pem(&pem));
         match roots {
             Ok(roots) if !roots.is_empty() => relay_testkit::tls::speak_tls(addr, &roots),
-            Ok(_) => return usage_error(&format!("--tls-ca {}: no PEM certificate", path.display())),
+            Ok(_) => {
+                return usage_error(&format!("--tls-ca {}: no PEM certificate", path.display()))
+            }
             Err(e) => return usage_error(&format!("--tls-ca {}: {e}", path.display())),
         }
     }

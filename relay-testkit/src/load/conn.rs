@@ -141,12 +141,7 @@ impl Upgraded {
     }
 
     /// A reader task and a writer task (open-loop phones, which send on a clock, not on replies).
-    pub fn into_split(
-        self,
-    ) -> (
-        FragmentCollectorRead<ReadStream>,
-        WebSocketWrite<WriteHalf>,
-    ) {
+    pub fn into_split(self) -> (FragmentCollectorRead<ReadStream>, WebSocketWrite<WriteHalf>) {
         let (read, write) =
             fastwebsockets::after_handshake_split(self.read, self.write, Role::Client);
         (FragmentCollectorRead::new(read), write)
