@@ -66,7 +66,8 @@ pub async fn handle(
         let values = req.headers().get_all(hyper::header::HOST).iter();
         if !host_allowed(hosts.as_ref(), values.map(HeaderValue::as_bytes)) {
             shared.listen_stats.record(PreUpgrade::HostRefused);
-            info!(path = %req.uri().path(), remote = %remote, "request refused: Host is not a name of this relay (421)");
+            // Debug, not info: scanners send wrong Hosts all day; the counter shows the rate.
+            debug!(remote = %remote, "request refused: Host is not a name of this relay (421)");
             return Ok(empty(StatusCode::MISDIRECTED_REQUEST));
         }
     }
