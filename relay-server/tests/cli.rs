@@ -773,3 +773,87 @@ async fn proxy_v2_source_address_is_the_remote_in_the_log() {
     ttls::speak_tls(addr, std::slice::from_ref(&cert.der));
     assert!(FakeBinary::connect(addr, &fresh_server_id()).await.is_err());
 }
+
+/// HAProxy in front, killed on drop.
+struct Haproxy(Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn behind_real_haproxy_send_proxy_v2_the_client_address_is_the_remote() {
+    // §9 with the real component: HAProxy `mode tcp` + `send-proxy-v2` in front of the TLS
+    // listener, as on a self-hosted box (Fly's proxy speaks the same header).
+    let Some(haproxy) = relay_testkit::services::require("haproxy") else {
+        return;
+    };
+    let dir = scratch_dir();
+    let cert = test_certificate(&["localhost", "127.0.0.1"]);
+    let (c, k) = write_pair(&dir, &cert);
+    let mut relay = Running::spawn(
+        &[
+            "--tls-cert",
+            &c,
+            "--tls-key",
+            &k,
+            "--https-listen",
+            "127.0.0.1:0",
+            "--https-proxy-protocol",
+        ],
+        &[],
+    );
+    let (relay_addr, _) = relay.listening();
+    let front = {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend wss\n  bind {front}\n  default_backend relay\n\
+             backend relay\n  server relay {relay_addr} send-proxy-v2\n"
+        ),
+    )
+    .unwrap();
+    let _haproxy = Haproxy(
+        Command::new(haproxy)
+            .args(["-db", "-f", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy"),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let tcp = loop {
+        match tokio::net::TcpStream::connect(front).await {
+            Ok(tcp) => break tcp,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("haproxy did not listen on {front}: {e}"),
+        }
+    };
+    let client_addr = tcp.local_addr().unwrap();
+    let target = ttls::TlsTarget {
+        config: ttls::client_config(std::slice::from_ref(&cert.der)),
+        server_name: rustls_pki_types::ServerName::IpAddress(front.ip().into()),
+    };
+    let stream = ttls::handshake(tcp, &target)
+        .await
+        .expect("TLS through haproxy");
+    let _binary = FakeBinary::builder(front, &fresh_server_id())
+        .connect_over(stream)
+        .await
+        .expect("upgrade through haproxy");
+    let line = relay.line_with("binary connected").expect("logged");
+    assert!(
+        line.contains(&format!("remote={client_addr}")),
+        "the client's own address {client_addr}, not haproxy's: {line}"
+    );
+}
