@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod http;
+pub mod listen;
 pub mod logging;
 pub mod options;
 pub mod roles;
