@@ -7,6 +7,8 @@
 //! - [`raw`] (feature `net`): a raw TCP client that can misbehave on purpose.
 //! - [`echo`] and [`load`] (feature `net`): the direct-echo baseline server and the load generator.
 //! - [`services`]: finding the real programs (Pebble, Redis, HAProxy) that some tests need.
+//! - [`pebble`] (feature `net`): a real Pebble ACME CA with its DNS server, for ACME tests.
+//! - [`scratch`]: a temporary directory removed on drop.
 
 pub mod mock;
 
@@ -22,6 +24,9 @@ pub mod echo;
 #[cfg(feature = "net")]
 pub mod load;
 #[cfg(feature = "net")]
+pub mod pebble;
+#[cfg(feature = "net")]
 pub mod raw;
+pub mod scratch;
 
 pub mod services;

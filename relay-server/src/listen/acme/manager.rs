@@ -59,6 +59,12 @@ pub struct Manager {
 }
 
 impl Manager {
+    /// When the manager will next order, were it running at `now`: at once with no usable
+    /// certificate, else at the served certificate's renewal time (or a pending retry).
+    pub fn next_attempt(&self, now: SystemTime) -> SystemTime {
+        self.schedule.next_attempt(now)
+    }
+
     pub async fn run(mut self) {
         self.log_start();
         loop {
