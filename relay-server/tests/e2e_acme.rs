@@ -86,7 +86,7 @@ async fn tls_alpn01_certificate_from_pebble_serves_a_tls_client_trusting_pebbles
         "the client saw the certificate the resolver serves"
     );
     assert_eq!(acme.stats.orders(OrderOutcome::Issued), 1);
-    assert_eq!(acme.stats.orders(OrderOutcome::Invalid), 0);
+    assert_eq!(acme.stats.orders(OrderOutcome::Failed), 0);
     assert_eq!(
         acme.stats.expiry_unix_seconds(),
         unix(info.validity.not_after)
@@ -178,7 +178,7 @@ async fn http01_certificate_from_pebble_when_tls_alpn01_cannot_be_validated() {
     let (status, body, serial) = get(https_addr, domain, &roots, "/hello").await;
     assert_eq!((status, body.as_str()), (200, "hello over TLS"));
     assert_eq!(serial, info.serial);
-    assert_eq!(acme.stats.orders(OrderOutcome::Invalid), 1);
+    assert_eq!(acme.stats.orders(OrderOutcome::Failed), 1);
     assert_eq!(acme.stats.orders(OrderOutcome::Issued), 1);
     assert_eq!(
         server.challenge_handshakes(),
@@ -257,8 +257,8 @@ async fn a_failed_order_logs_the_cas_error_type_and_retries_after_backoff() {
     let roots = pebble.issuer_roots().await;
     let manager = tokio::spawn(acme.manager.run());
 
-    let first = invalid_orders_reach(&stats, 1).await;
-    let second = invalid_orders_reach(&stats, 2).await;
+    let first = failed_orders_reach(&stats, 1).await;
+    let second = failed_orders_reach(&stats, 2).await;
     // Equal jitter: never sooner than half the first step.
     assert!(
         second - first >= base / 2 - Duration::from_millis(50),
@@ -288,13 +288,13 @@ async fn a_failed_order_logs_the_cas_error_type_and_retries_after_backoff() {
     server.stop();
 }
 
-async fn invalid_orders_reach(stats: &acme::AcmeStats, n: u64) -> std::time::Instant {
+async fn failed_orders_reach(stats: &acme::AcmeStats, n: u64) -> std::time::Instant {
     // The counter moves in the manager task; poll it (10 ms) with a deadline.
     let deadline = std::time::Instant::now() + ISSUE_DEADLINE;
-    while stats.orders(OrderOutcome::Invalid) < n {
+    while stats.orders(OrderOutcome::Failed) < n {
         assert!(
             std::time::Instant::now() < deadline,
-            "fewer than {n} invalid orders"
+            "fewer than {n} failed orders"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

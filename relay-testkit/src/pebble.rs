@@ -16,7 +16,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::rustls::crypto::ring::default_provider;
@@ -239,11 +239,12 @@ fn api_certificate() -> (String, CertificateDer<'static>, String, String) {
         .distinguished_name
         .push(DnType::CommonName, "relay-testkit Pebble API CA");
     let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().expect("key");
     let params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
         .expect("params");
-    let cert = params.signed_by(&key, &issuer).expect("API certificate");
+    let cert = params
+        .signed_by(&key, &ca_cert, &ca_key)
+        .expect("API certificate");
     (
         ca_cert.pem(),
         ca_cert.der().clone(),

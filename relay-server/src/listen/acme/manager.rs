@@ -53,7 +53,7 @@ pub struct Manager {
     pub(crate) cache: CertCache,
     pub(crate) schedule: Schedule,
     /// In the order tried; the next is tried at once only when the CA could not validate the
-    /// previous one (`invalid`), as Go's autocert does.
+    /// previous one, as Go's autocert does.
     pub(crate) challenges: Vec<Challenge>,
     pub(crate) tuning: Tuning,
 }
@@ -130,7 +130,7 @@ impl Manager {
                     let info = obtained.served.info.clone();
                     self.resolver.install(obtained.served);
                     self.stats.set_expiry(info.validity.not_after);
-                    self.schedule.succeeded(info.validity);
+                    self.schedule.succeeded(info.validity, SystemTime::now());
                     info!(
                         duration = ?started.elapsed(),
                         "ACME certificate {} for {} by {}: serial {}, valid until {}, renewal from {}",
@@ -144,9 +144,9 @@ impl Manager {
                     return;
                 }
                 Err(e) => {
-                    self.stats.order(e.outcome());
+                    self.stats.order(OrderOutcome::Failed);
                     match self.challenges.get(i + 1) {
-                        Some(next) if e.outcome() == OrderOutcome::Invalid => {
+                        Some(next) if e.is_validation_failure() => {
                             warn!(err = %e, "ACME order for {} failed by {}; trying {} now", self.domain, challenge, next);
                         }
                         _ => {

@@ -20,7 +20,6 @@ use super::cache::CertCache;
 use super::client::CaClient;
 use super::material::{self, MaterialError, Served};
 use super::pending::{Pending, Published};
-use super::stats::OrderOutcome;
 
 /// The challenge types the relay answers (§9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +81,9 @@ pub enum OrderError {
 }
 
 impl OrderError {
-    pub fn outcome(&self) -> OrderOutcome {
-        match self {
-            OrderError::Invalid { .. } => OrderOutcome::Invalid,
-            _ => OrderOutcome::Error,
-        }
+    /// The CA tried the challenge and it failed: another challenge type may succeed.
+    pub fn is_validation_failure(&self) -> bool {
+        matches!(self, OrderError::Invalid { .. })
     }
 
     /// The CA's `urn:ietf:params:acme:error:*` type, when it sent one.
@@ -373,7 +370,7 @@ mod tests {
             err.to_string(),
             "new order: the CA answered urn:ietf:params:acme:error:rateLimited: too many certificates"
         );
-        assert_eq!(err.outcome(), OrderOutcome::Error);
+        assert!(!err.is_validation_failure());
         let long = one_line(&"x".repeat(1000));
         assert_eq!(long.chars().count(), 301);
     }

@@ -64,6 +64,10 @@ impl Backoff {
 pub struct Schedule {
     backoff: Backoff,
     current: Option<Validity>,
+    /// After an issuance, no renewal before this: a third of the new lifetime. Only matters
+    /// when a fresh certificate is already "due" (the host's clock far ahead of the CA's),
+    /// where ordering again at once would loop into the CA's rate limits.
+    earliest: Option<SystemTime>,
     failures: u32,
     retry_at: Option<SystemTime>,
 }
@@ -73,6 +77,7 @@ impl Schedule {
         Schedule {
             backoff,
             current,
+            earliest: None,
             failures: 0,
             retry_at: None,
         }
@@ -85,14 +90,22 @@ impl Schedule {
             return retry;
         }
         match self.current {
-            Some(validity) => validity.renew_at(),
+            Some(validity) => match self.earliest {
+                Some(earliest) => validity.renew_at().max(earliest),
+                None => validity.renew_at(),
+            },
             None => now,
         }
     }
 
-    /// A certificate was obtained: serve it, forget past failures.
-    pub fn succeeded(&mut self, validity: Validity) {
+    /// A certificate was obtained at `now`: serve it, forget past failures.
+    pub fn succeeded(&mut self, validity: Validity, now: SystemTime) {
+        let lifetime = validity
+            .not_after
+            .duration_since(validity.not_before)
+            .unwrap_or(Duration::ZERO);
         self.current = Some(validity);
+        self.earliest = Some(now + lifetime / 3);
         self.failures = 0;
         self.retry_at = None;
     }
@@ -216,7 +229,7 @@ mod tests {
             not_before: t(200),
             not_after: t(200) + 90 * DAY,
         };
-        schedule.succeeded(fresh);
+        schedule.succeeded(fresh, t(200));
         assert_eq!(schedule.failures(), 0);
         assert_eq!(schedule.next_attempt(t(201)), t(200) + 60 * DAY);
         // The next failure starts from the base again.
@@ -224,6 +237,19 @@ mod tests {
             schedule.failed(t(200) + 60 * DAY, 1.0),
             t(200) + 60 * DAY + Duration::from_secs(60)
         );
+    }
+
+    #[test]
+    fn a_certificate_already_due_at_issuance_waits_a_third_of_its_lifetime() {
+        // The host's clock is 70 days ahead of the CA's: the new certificate looks due.
+        let skewed = Validity {
+            not_before: t(0),
+            not_after: t(0) + 90 * DAY,
+        };
+        let now = t(0) + 70 * DAY;
+        let mut schedule = Schedule::new(backoff(), None);
+        schedule.succeeded(skewed, now);
+        assert_eq!(schedule.next_attempt(now), now + 30 * DAY);
     }
 
     #[test]

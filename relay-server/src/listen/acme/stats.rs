@@ -2,8 +2,10 @@
 //!
 //! Plain atomics written by the manager only (a few times per certificate lifetime) and read by
 //! the metrics exporter. They map to:
-//! - `pyrycode_relay_acme_orders_total{outcome="issued"|"renewed"|"invalid"|"error"}` ←
-//!   [`AcmeStats::orders`] for each [`OrderOutcome::ALL`] (`label()` is the label value);
+//! - `pyrycode_relay_acme_orders_total{outcome="issued"|"renewed"|"failed"}` ←
+//!   [`AcmeStats::orders`] for each [`OrderOutcome::ALL`] (`label()` is the label value; the
+//!   same three as `metrics::AcmeOutcome`). Why an order failed is in its log line (the CA's
+//!   problem type), not in a label;
 //! - `pyrycode_relay_certificate_expiry_timestamp_seconds` (gauge, Unix seconds, 0 = no
 //!   certificate yet) ← [`AcmeStats::expiry_unix_seconds`].
 
@@ -17,26 +19,23 @@ pub enum OrderOutcome {
     Issued,
     /// A certificate was issued to replace one being served.
     Renewed,
-    /// The CA could not validate the challenge (authorization or order `invalid`).
-    Invalid,
-    /// Anything else: the CA's API refused a request, network failure, timeout, bad response.
-    Error,
+    /// No certificate: the CA could not validate the challenge, refused a request, could not
+    /// be reached, timed out, or returned something unusable.
+    Failed,
 }
 
 impl OrderOutcome {
-    pub const ALL: [OrderOutcome; 4] = [
+    pub const ALL: [OrderOutcome; 3] = [
         OrderOutcome::Issued,
         OrderOutcome::Renewed,
-        OrderOutcome::Invalid,
-        OrderOutcome::Error,
+        OrderOutcome::Failed,
     ];
 
     pub fn label(self) -> &'static str {
         match self {
             OrderOutcome::Issued => "issued",
             OrderOutcome::Renewed => "renewed",
-            OrderOutcome::Invalid => "invalid",
-            OrderOutcome::Error => "error",
+            OrderOutcome::Failed => "failed",
         }
     }
 
@@ -47,7 +46,7 @@ impl OrderOutcome {
 
 #[derive(Debug, Default)]
 pub struct AcmeStats {
-    orders: [AtomicU64; 4],
+    orders: [AtomicU64; 3],
     expiry: AtomicU64,
 }
 
@@ -87,9 +86,9 @@ mod tests {
             }
         }
         let counts: Vec<u64> = OrderOutcome::ALL.iter().map(|o| stats.orders(*o)).collect();
-        assert_eq!(counts, [1, 2, 3, 4]);
+        assert_eq!(counts, [1, 2, 3]);
         let labels: Vec<&str> = OrderOutcome::ALL.iter().map(|o| o.label()).collect();
-        assert_eq!(labels, ["issued", "renewed", "invalid", "error"]);
+        assert_eq!(labels, ["issued", "renewed", "failed"]);
         assert_eq!(stats.expiry_unix_seconds(), 0);
         stats.set_expiry(UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000));
         assert_eq!(stats.expiry_unix_seconds(), 1_800_000_000);
