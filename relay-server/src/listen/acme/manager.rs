@@ -58,6 +58,15 @@ pub struct Manager {
     pub(crate) tuning: Tuning,
 }
 
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("domain", &self.domain)
+            .field("challenges", &self.challenges)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Manager {
     /// When the manager will next order, were it running at `now`: at once with no usable
     /// certificate, else at the served certificate's renewal time (or a pending retry).
