@@ -8,6 +8,8 @@
 //! - [`tls`] (feature `net`): which addresses speak TLS, for all of the above; test certificates.
 //! - [`echo`] and [`load`] (feature `net`): the direct-echo baseline server and the load generator.
 //! - [`services`]: finding the real programs (Pebble, Redis, HAProxy) that some tests need.
+//! - [`pebble`] (feature `net`): a real Pebble ACME CA with its DNS server, for ACME tests.
+//! - [`scratch`]: a temporary directory removed on drop.
 
 pub mod mock;
 
@@ -23,7 +25,10 @@ pub mod echo;
 #[cfg(feature = "net")]
 pub mod load;
 #[cfg(feature = "net")]
+pub mod pebble;
+#[cfg(feature = "net")]
 pub mod raw;
+pub mod scratch;
 #[cfg(feature = "net")]
 pub mod tls;
 
