@@ -38,6 +38,8 @@ pub struct RelayOptions {
     pub ipv6_prefix_len: u8,
     /// Take the client IP from the left-most `X-Forwarded-For` entry (§8).
     pub trust_x_forwarded_for: bool,
+    /// Test-only fault injection (never set by a flag): see [`crate::faults`].
+    pub faults: Option<std::sync::Arc<crate::faults::Faults>>,
     /// How upgraded TLS connections split (benchmarks compare; always `Own` in the binary).
     pub tls_split: TlsSplit,
 }
@@ -67,6 +69,7 @@ impl Default for RelayOptions {
             ipv6_prefix_len: 64,
             trust_x_forwarded_for: false,
             tls_split: TlsSplit::Own,
+            faults: None,
         }
     }
 }
@@ -113,6 +116,7 @@ impl From<&crate::config::Config> for RelayOptions {
             ipv6_prefix_len: c.admission.ipv6_prefix_len,
             trust_x_forwarded_for: c.admission.trust_x_forwarded_for,
             tls_split: TlsSplit::Own,
+            faults: None,
         }
     }
 }
