@@ -222,7 +222,7 @@ async fn a_long_churn_leaves_nothing_behind() {
     for w in 0..WORKERS {
         let t = t.clone();
         workers.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9E37_79B9 ^ (w as u64 + 1) * 0x1234_5678);
+            let mut rng = Rng(0x9E37_79B9 ^ ((w as u64 + 1) * 0x1234_5678));
             while Instant::now() < deadline {
                 episode(addr, &mut rng, &t).await;
             }
