@@ -530,14 +530,19 @@ async fn every_dashboard_and_alert_expression_names_a_series_the_relay_serves() 
         let names = series_in(e);
         assert!(!names.is_empty(), "{where_} names no series: {e}");
         for n in names {
-            assert!(served.contains(&n), "{where_}: {n} is not served by /metrics ({e})");
+            assert!(
+                served.contains(&n),
+                "{where_}: {n} is not served by /metrics ({e})"
+            );
             named += 1;
         }
     }
     assert!(named >= exprs.len());
     // The parser itself: it must see through functions, label matchers and strings.
     assert_eq!(
-        series_in(r#"sum by (x) (rate(pyrycode_relay_a_total{o=~"pyrycode_relay_no"}[5m])) / process_b"#),
+        series_in(
+            r#"sum by (x) (rate(pyrycode_relay_a_total{o=~"pyrycode_relay_no"}[5m])) / process_b"#
+        ),
         ["pyrycode_relay_a_total", "process_b"]
     );
 }

@@ -150,13 +150,22 @@ async fn episode(addr: SocketAddr, rng: &mut Rng, t: &Tally) {
                 .await
                 .unwrap();
             assert_eq!(raw.read_until_close().await.unwrap().0, 1007);
-            let mut extra = Vec::new();
-            for _ in 0..3 {
-                extra.push(FakePhone::connect(addr, &sid).await.unwrap());
-                t.connections.fetch_add(1, Ordering::Relaxed);
-            }
-            assert_eq!(extra[2].expect_close().await.unwrap().0, 4429);
             b.close(1000).await.unwrap();
+            // A server-id of its own for the cap, so no phone closed above is still leaving.
+            // Each phone registers in its own task after its upgrade: wait for each one's
+            // hello at the binary so the fourth is the one over the cap.
+            let (mut b2, _p2, sid2, _) = connect_pair(addr, t).await;
+            let mut extra = Vec::new();
+            for _ in 0..2 {
+                let mut p = FakePhone::connect(addr, &sid2).await.unwrap();
+                p.send_text("\"hello\"").await.unwrap();
+                b2.recv_envelope().await.unwrap();
+                extra.push(p);
+            }
+            let mut over = FakePhone::connect(addr, &sid2).await.unwrap();
+            t.connections.fetch_add(3, Ordering::Relaxed);
+            assert_eq!(over.expect_close().await.unwrap().0, 4429);
+            b2.close(1000).await.unwrap();
         }
         // A binary whose envelopes are malformed or for nobody: dropped, the binary stays.
         _ => {

@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use relay_core::{Close, CloseCode};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::frame::{parse_head, unmask, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT};
@@ -434,9 +437,8 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             }
         }
         let busy = self.busy();
-        if !busy && self.buf.capacity() > READ_CHUNK {
-            // Idle after a large message: do not keep its buffer for the connection's life.
-            self.buf = BytesMut::new();
+        if !busy {
+            return self.first_read().await;
         }
         let spare = self.buf.capacity() - self.buf.len();
         let wanted = self
@@ -462,6 +464,45 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         }
         self.last_read = Instant::now();
         self.meter.charge(n);
+        Ok(())
+    }
+
+    /// Idle (nothing partly received): waits for the next bytes holding no buffer, so an idle
+    /// connection costs no read buffer however long it stays idle. The first bytes land in a
+    /// small array that lives only inside one poll (not in this future), then in a fresh buffer.
+    async fn first_read(&mut self) -> Result<(), ReadEnd> {
+        const PEEK: usize = 1024;
+        if self.buf.capacity() > 0 {
+            // Whatever the last burst left is given back; a slice still held elsewhere keeps
+            // only its own chunk alive.
+            self.buf = BytesMut::new();
+        }
+        let io = &mut self.io;
+        let first = std::future::poll_fn(|cx| {
+            let mut small = [0u8; PEEK];
+            let mut rb = ReadBuf::new(&mut small);
+            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    let mut buf = BytesMut::new();
+                    if n > 0 {
+                        buf.reserve(FIRST_READ.max(n));
+                        buf.extend_from_slice(rb.filled());
+                    }
+                    Poll::Ready(Ok(buf))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let buf = first.map_err(|_| ReadEnd::Vanished)?;
+        if buf.is_empty() {
+            return Err(ReadEnd::Vanished);
+        }
+        self.last_read = Instant::now();
+        self.meter.charge(buf.len());
+        self.buf = buf;
         Ok(())
     }
 
