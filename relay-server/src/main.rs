@@ -122,6 +122,9 @@ async fn serve(config: config::Config) -> ExitCode {
         ),
         _ => {}
     }
+    if let Some(resolver) = &prepared.reloadable {
+        relay.shared().metrics.attach_certificates(resolver.clone());
+    }
     listen::start_reload(&prepared);
     // §10: every bound address, comma-separated, the main (WebSocket) listener first.
     let addrs = bound

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use relay_testkit::client::{fresh_server_id, FakeBinary, FakePhone};
 use relay_testkit::tls::{self as ttls, test_certificate, TestCertificate};
-use support::real::{hold_a_port, relay, round_trip, run_to_exit, Running, PATIENCE};
+use support::real::{hold_a_port, relay, round_trip, run_to_exit, scrape, Running, PATIENCE};
 
 /// Every flag protocol.md names (§2–§10), in case the file is not beside the repository.
 const CONTRACT_FLAGS: &[&str] = &[
@@ -468,13 +468,26 @@ async fn tls_mode_serves_wss_and_sighup_reloads_the_certificate_keeping_live_con
             &key,
             "--https-listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
         &[],
     );
     let (addr, mode) = relay.listening();
     assert_eq!(mode, "tls");
+    let metrics = relay.metrics_addr().expect("metrics on");
     ttls::speak_tls(addr, std::slice::from_ref(&old.der));
     let (mut binary, mut phone) = round_trip(addr).await;
+    // §10: the served certificate's expiry time.
+    let expiry = |cert: &TestCertificate| {
+        relay_server::listen::tls::not_after_unix(cert.der.as_ref()) as f64
+    };
+    let s = scrape(metrics).await;
+    assert!(expiry(&old) > 0.0);
+    assert_eq!(
+        s.get("pyrycode_relay_certificate_expiry_timestamp_seconds"),
+        expiry(&old)
+    );
 
     let new = test_certificate(&["localhost", "127.0.0.1"]);
     write_pair(&dir, &new);
@@ -482,6 +495,15 @@ async fn tls_mode_serves_wss_and_sighup_reloads_the_certificate_keeping_live_con
     relay
         .line_with("certificate reloaded")
         .expect("the reload is logged");
+    let s = scrape(metrics).await;
+    assert_eq!(
+        s.get(r#"pyrycode_relay_certificate_reloads_total{outcome="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        s.get("pyrycode_relay_certificate_expiry_timestamp_seconds"),
+        expiry(&new)
+    );
     // A new connection trusting only the new certificate is served; only the old one fails.
     ttls::speak_tls(addr, std::slice::from_ref(&new.der));
     round_trip(addr).await;
@@ -507,6 +529,11 @@ async fn tls_mode_serves_wss_and_sighup_reloads_the_certificate_keeping_live_con
         .line_with("certificate reload failed")
         .expect("the failure is logged");
     assert!(line.contains("--tls-key"), "{line}");
+    let s = scrape(metrics).await;
+    assert_eq!(
+        s.get(r#"pyrycode_relay_certificate_reloads_total{outcome="failed"}"#),
+        1.0
+    );
     ttls::speak_tls(addr, std::slice::from_ref(&new.der));
     round_trip(addr).await;
     assert_eq!(relay.child.try_wait().unwrap(), None, "still running");

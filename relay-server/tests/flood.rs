@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_testkit::client::{fresh_server_id, FakeBinary, FakePhone};
+use support::real::scrape;
 use support::real::Running;
-use support::Scrape;
 
 const PER_IP: usize = 20;
 const BURST: usize = 30;
@@ -44,18 +44,6 @@ async fn flood_from(
         }
     }
     (held, refused)
-}
-
-async fn scrape(relay: std::net::SocketAddr) -> Scrape {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(relay).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    Scrape::parse(text.split_once("\r\n\r\n").unwrap().1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::real::{round_trip, RELAY};
+use support::real::{http_get, round_trip, RELAY};
 use support::Scrape;
 
 const SHUTDOWN: Duration = Duration::from_secs(2);
@@ -72,18 +72,6 @@ fn start(rust_log: &str) -> (Relay, BufReader<ChildStderr>, SocketAddr, SocketAd
     };
     let (addr, metrics) = (field("addr"), field("metrics_addr"));
     (Relay(child), stderr, addr, metrics)
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
-    text.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 
 /// Pairs connect, route both ways and leave, several times; then the counts are back at 0.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use relay_testkit::client::{fresh_server_id, FakeBinary, FakePhone};
 use relay_testkit::raw::{OpCode, RawClient};
-use support::real::Running;
+use support::real::{http_get, Running};
 
 const WORKERS: usize = 24;
 const GRACE: Duration = Duration::from_secs(2);
@@ -181,17 +181,6 @@ async fn episode(addr: SocketAddr, rng: &mut Rng, t: &Tally) {
     }
 }
 
-async fn healthz(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    String::from_utf8(out).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_churn_leaves_nothing_behind() {
     let secs: u64 = std::env::var("SOAK_SECS")
@@ -251,7 +240,7 @@ async fn a_long_churn_leaves_nothing_behind() {
     // Everything left; grace periods run out.
     let settle = Instant::now() + GRACE * 5;
     loop {
-        let h = healthz(addr).await;
+        let h = http_get(addr, "/healthz").await;
         if h.contains("\"connected_binaries\":0") && h.contains("\"connected_phones\":0") {
             break;
         }

@@ -189,6 +189,14 @@ pub struct CertResolver {
 }
 
 impl CertResolver {
+    /// The served certificate's notAfter in Unix seconds (0 if it cannot be read).
+    pub fn expiry_unix_seconds(&self) -> u64 {
+        let ck = self.current();
+        ck.cert
+            .first()
+            .map_or(0, |leaf| not_after_unix(leaf.as_ref()))
+    }
+
     /// A certificate that never changes (`--dev-tls`, tests).
     pub fn fixed(ck: Arc<CertifiedKey>) -> Self {
         CertResolver {
@@ -291,6 +299,13 @@ pub fn reload_on_sighup(resolver: Arc<CertResolver>) -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+/// A certificate's notAfter in Unix seconds; 0 if the DER cannot be parsed.
+pub fn not_after_unix(der: &[u8]) -> u64 {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert.validity().not_after.timestamp().max(0) as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

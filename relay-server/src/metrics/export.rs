@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use super::labels::*;
 use super::process::Process;
 use super::{Metrics, MALFORMED_KINDS};
+use crate::listen::stats::PreUpgrade;
 use crate::shared::Shared;
 
 /// The content type of a scrape.
@@ -238,6 +239,27 @@ fn snapshot(shared: &Shared) -> Snapshot {
         "pyrycode_relay_push_wakes",
         "Push wakes by outcome (protocol.md section 4.4).",
         |o: PushOutcome| m.push_wakes.get(o),
+    );
+    let (reloaded, reload_failed) = m.certificate_reloads();
+    s.push(
+        "pyrycode_relay_certificate_reloads",
+        "SIGHUP reloads of --tls-cert/--tls-key, by outcome (failed: the old pair is kept).",
+        MetricType::Counter,
+        vec![
+            (vec![("outcome", "ok")], Value::U(reloaded)),
+            (vec![("outcome", "failed")], Value::U(reload_failed)),
+        ],
+    );
+    let pre = &shared.listen_stats;
+    s.counter(
+        "pyrycode_relay_tls_handshake_failures",
+        "TLS handshakes that failed (old versions, unknown SNI, garbage, resets).",
+        pre.count(PreUpgrade::TlsHandshakeFailed),
+    );
+    s.counter(
+        "pyrycode_relay_proxy_header_refusals",
+        "Connections closed for a missing, late or invalid PROXY v2 header.",
+        pre.count(PreUpgrade::ProxyRefused),
     );
     s.by(
         "pyrycode_relay_acme_orders",

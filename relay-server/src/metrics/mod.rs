@@ -20,9 +20,7 @@ use relay_core::envelope::EnvelopeError;
 use relay_core::Close;
 
 use crate::listen::acme::{AcmeStats, OrderOutcome};
-
-/// Reads the served certificate's notAfter, in Unix seconds (0: none).
-pub type ExpirySource = Box<dyn Fn() -> u64 + Send + Sync>;
+use crate::listen::tls::CertResolver;
 
 pub use labels::{
     AcmeOutcome, AdmissionLimit, CloseReason, ClusterOp, ClusterOutcome, Direction, DropReason,
@@ -134,8 +132,8 @@ pub struct Metrics {
     pub push_wakes: ByLabel<PushOutcome>,
     /// ACME mode's own counters (orders, the served certificate's expiry), once attached.
     acme: OnceLock<Arc<AcmeStats>>,
-    /// Where the served certificate's expiry (Unix seconds) is read in the other TLS modes.
-    certificate_expiry: OnceLock<ExpirySource>,
+    /// Manual and development TLS: the resolver whose certificate (expiry, reloads) is served.
+    certificates: OnceLock<Arc<CertResolver>>,
     pub cluster_ops: ByTwo<ClusterOp, ClusterOutcome>,
     pub cluster_forwarded: ByLabel<ForwardOutcome>,
     pub panics: ByLabel<PanicPoint>,
@@ -158,9 +156,14 @@ impl Metrics {
         let _ = self.acme.set(stats);
     }
 
-    /// Manual and development TLS: where to read the served certificate's expiry.
-    pub fn attach_certificate_expiry(&self, source: ExpirySource) {
-        let _ = self.certificate_expiry.set(source);
+    /// Manual and development TLS: export the served certificate's expiry and its reloads.
+    pub fn attach_certificates(&self, resolver: Arc<CertResolver>) {
+        let _ = self.certificates.set(resolver);
+    }
+
+    /// SIGHUP reloads of manual certificates: (worked, failed and the old pair kept).
+    pub fn certificate_reloads(&self) -> (u64, u64) {
+        self.certificates.get().map_or((0, 0), |r| r.reloads())
     }
 
     pub fn acme_orders(&self, outcome: AcmeOutcome) -> u64 {
@@ -179,7 +182,9 @@ impl Metrics {
         if let Some(acme) = self.acme.get() {
             return acme.expiry_unix_seconds();
         }
-        self.certificate_expiry.get().map_or(0, |read| read())
+        self.certificates
+            .get()
+            .map_or(0, |r| r.expiry_unix_seconds())
     }
 
     /// One message forwarded (§10 `frames_forwarded_total{direction}` and its bytes), counted
