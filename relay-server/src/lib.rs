@@ -3,12 +3,14 @@
 //! The directory listing is the architecture: `config/` (flags and boot errors, one file per
 //! subsystem), `server` (accept loop, shutdown), `http` (routes, header rules, upgrade,
 //! `/healthz`), `ws/` (one connection: reader, peer queue, writer, session), `roles/` (what a
-//! binary and a phone do with their messages), `logging` and `stats`.
+//! binary and a phone do with their messages), `push/` (push wake through FCM, §4.4),
+//! `logging` and `stats`.
 
 pub mod config;
 pub mod http;
 pub mod logging;
 pub mod options;
+pub mod push;
 pub mod roles;
 pub mod server;
 pub mod shared;

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use relay_server::config::{self, ListenMode};
+use relay_server::push::PushSettings;
 use relay_server::{Relay, RelayOptions};
 use tracing::{error, info, warn};
 
@@ -36,7 +37,18 @@ async fn serve(config: config::Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let relay = match Relay::bind(addr, RelayOptions::from(&config)).await {
+    let mut opts = RelayOptions::from(&config);
+    // §4.4: the key is read and checked before anything binds; an unusable one is exit 2.
+    if let Some(push) = &config.push {
+        match PushSettings::load(push) {
+            Ok(settings) => opts.push = Some(settings),
+            Err(e) => {
+                eprintln!("relay-server: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let relay = match Relay::bind(addr, opts).await {
         Ok(relay) => relay,
         Err(e) => {
             error!(addr = %addr, err = %e, "cannot bind listener");
@@ -56,6 +68,9 @@ async fn serve(config: config::Config) -> ExitCode {
             mode = "development",
             "development mode: plain HTTP on loopback only, not for production"
         );
+    }
+    if let Some(push) = &relay.shared().opts.push {
+        info!(addr = %push.endpoint, "push wake on (FCM)");
     }
     info!(addr = %bound, mode = %config.listen.name(), "listening");
     let handle = relay.shutdown_handle();

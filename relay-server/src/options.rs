@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use relay_core::ReclaimPolicy;
 
+use crate::push::PushSettings;
+
 #[derive(Clone, Debug)]
 pub struct RelayOptions {
     pub grace_period: Duration,
@@ -25,6 +27,9 @@ pub struct RelayOptions {
     pub phones_per_server: usize,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Push wake (§4.4): `None` is off. Loaded at boot by [`PushSettings::load`] (it reads
+    /// the key), so `From<&Config>` leaves it `None` and `main` fills it in.
+    pub push: Option<PushSettings>,
 }
 
 impl Default for RelayOptions {
@@ -44,6 +49,7 @@ impl Default for RelayOptions {
             phones_per_server: 16,
             header_read_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            push: None,
         }
     }
 }
@@ -82,6 +88,7 @@ impl From<&crate::config::Config> for RelayOptions {
             phones_per_server: c.admission.phones_per_server,
             header_read_timeout: c.admission.header_read_timeout,
             shutdown_timeout: c.ops.shutdown_timeout,
+            push: None,
         }
     }
 }

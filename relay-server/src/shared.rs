@@ -7,6 +7,7 @@ use relay_core::{Registry, RegistryConfig, SystemClock};
 use tokio::sync::{watch, Semaphore};
 
 use crate::options::RelayOptions;
+use crate::push::PushService;
 use crate::stats::Stats;
 use crate::ws::peer::{Peer, PeerLimits, Role};
 
@@ -19,6 +20,8 @@ pub struct Shared {
     pub conn_slots: Arc<Semaphore>,
     pub started: Instant,
     pub stats: Stats,
+    /// Push wake (§4.4): off unless `opts.push` carries settings.
+    pub push: PushService,
 }
 
 impl Shared {
@@ -33,6 +36,7 @@ impl Shared {
             },
             SystemClock,
         );
+        let push = PushService::new(opts.push.clone(), shutdown.clone());
         Shared {
             registry,
             conn_slots: Arc::new(Semaphore::new(opts.max_connections)),
@@ -40,6 +44,7 @@ impl Shared {
             shutdown,
             started: Instant::now(),
             stats: Stats::default(),
+            push,
         }
     }
 
@@ -47,14 +52,13 @@ impl Shared {
         *self.shutdown.borrow()
     }
 
-    pub fn new_peer(&self, role: Role, token: Option<relay_core::Token>) -> Peer {
+    pub fn new_peer(&self, role: Role) -> Peer {
         let queue_bytes = match role {
             Role::Binary => self.opts.effective_binary_inbox(),
             Role::Phone => self.opts.phone_outbox_bytes,
         };
         Peer::new(
             role,
-            token,
             PeerLimits {
                 heartbeat_interval: self.opts.heartbeat_interval,
                 heartbeat_timeout: self.opts.heartbeat_timeout,

@@ -1,4 +1,5 @@
-//! Counters of the relay's rare events: dropped envelopes, by kind (§4.2).
+//! Counters of the relay's rare events: dropped envelopes, by kind (§4.2, and malformed push
+//! wakes, §4.4).
 //!
 //! Only drop paths count here, never per-message work, so no shared cache line is touched on
 //! the hot path. The metrics listener (a later issue) exposes these.
@@ -8,19 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use relay_core::envelope::EnvelopeError;
 
 /// Every [`EnvelopeError`], in a fixed order, for iteration and indexing.
-pub const MALFORMED_KINDS: [EnvelopeError; 7] = [
-    EnvelopeError::NotJson,
-    EnvelopeError::NotObject,
-    EnvelopeError::ConnIdMissing,
-    EnvelopeError::ConnIdNotString,
-    EnvelopeError::ConnIdEmpty,
-    EnvelopeError::Empty,
-    EnvelopeError::InvalidCloseCode,
-];
+pub const MALFORMED_KINDS: [EnvelopeError; 13] = EnvelopeError::ALL;
 
 #[derive(Debug, Default)]
 pub struct Stats {
-    malformed: [AtomicU64; 7],
+    malformed: [AtomicU64; 13],
     unknown_conn_id: AtomicU64,
 }
 

@@ -6,6 +6,8 @@
 //!   (tokio-tungstenite, a different implementation from the server's fastwebsockets).
 //! - [`raw`] (feature `net`): a raw TCP client that can misbehave on purpose.
 //! - [`echo`] and [`load`] (feature `net`): the direct-echo baseline server and the load generator.
+//! - [`fcm`] (feature `net`): a stand-in for Google's token endpoint and FCM HTTP v1 over real
+//!   HTTPS, with a test-only service-account key, for push wake (§4.4).
 //! - [`services`]: finding the real programs (Pebble, Redis, HAProxy) that some tests need.
 
 pub mod mock;
@@ -19,6 +21,8 @@ pub use relay_core::clock::ManualClock;
 pub mod client;
 #[cfg(feature = "net")]
 pub mod echo;
+#[cfg(feature = "net")]
+pub mod fcm;
 #[cfg(feature = "net")]
 pub mod load;
 #[cfg(feature = "net")]
