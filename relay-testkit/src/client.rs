@@ -892,6 +892,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FakeBinary<S> {
         self.client.send_text(&text).await
     }
 
+    /// Asks the relay to wake a phone through FCM (§4.4):
+    /// `{"push_wake":{"platform":"fcm","token":<token>}}`. The relay never answers.
+    pub async fn push_wake(&mut self, token: &str) -> Result<(), ClientError> {
+        let text = format!(
+            "{{\"push_wake\":{{\"platform\":\"fcm\",\"token\":{}}}}}",
+            json_string(token)
+        );
+        self.client.send_text(&text).await
+    }
+
     /// Asks the relay to close a phone with `code` (§4.2), after `frame` if one is given.
     pub async fn close_phone(
         &mut self,

@@ -169,8 +169,11 @@ impl<K: Clock> Admission<K> {
             .len()
     }
 
-    /// Sends in flight now.
+    /// Sends in flight now (none once closed: [`Admission::close`] holds every permit).
     pub fn in_flight(&self) -> usize {
+        if self.in_flight.is_closed() {
+            return 0;
+        }
         self.limits.max_in_flight - self.in_flight.available_permits()
     }
 

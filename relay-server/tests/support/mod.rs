@@ -79,3 +79,5 @@ pub async fn binary_for(relay: &TestRelay, server_id: &str) -> FakeBinary {
     .await;
     binary
 }
+
+pub mod process;

@@ -116,6 +116,7 @@ struct State {
     /// Issued access tokens and when each expires.
     issued: Mutex<Vec<(String, Instant)>>,
     next_token: AtomicU64,
+    next_message: AtomicU64,
     release: watch::Sender<u64>,
     /// Requests whose reply has not been given yet (hanging, delayed, or being handled).
     open: AtomicUsize,
@@ -152,6 +153,7 @@ impl FakeFcm {
             token_lifetime: AtomicU64::new(3599),
             issued: Mutex::new(Vec::new()),
             next_token: AtomicU64::new(1),
+            next_message: AtomicU64::new(1),
             release,
             open: AtomicUsize::new(0),
         });
@@ -226,6 +228,14 @@ impl FakeFcm {
     /// Lets every request hanging now finish: each then gets the endpoint's success.
     pub fn release(&self) {
         self.state.release.send_modify(|g| *g += 1);
+    }
+
+    /// Every access token issued so far, oldest first.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.state.issued)
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     /// Every request so far, in arrival order.
@@ -533,7 +543,7 @@ fn respond<'a>(
                 _ => Response::builder()
                     .header("content-type", "application/json; charset=UTF-8")
                     .body(body(
-                        json!({"name": format!("projects/{PROJECT_ID}/messages/0:{}", state.next_token.fetch_add(1, Ordering::Relaxed))})
+                        json!({"name": format!("projects/{PROJECT_ID}/messages/0:{}", state.next_message.fetch_add(1, Ordering::Relaxed))})
                             .to_string(),
                     ))
                     .unwrap_or_default(),
