@@ -370,6 +370,46 @@ fn parse_wake(b: &[u8], start: usize) -> Result<Wake<'_>, EnvelopeError> {
     Ok(Wake { token })
 }
 
+/// The `conn_id` of an envelope known only by its first bytes (§7 "Message size": an
+/// over-size binary message is discarded as it arrives, and only its first 512 bytes are
+/// kept). Walks the top-level object's members in order and returns the first `conn_id` whose
+/// string value ends inside `prefix`; `None` if the prefix is not the start of an object, or
+/// ends before such a member does (for instance after a huge `frame` written first).
+pub fn sniff_conn_id(prefix: &[u8]) -> Option<Cow<'_, str>> {
+    let b = prefix;
+    let mut i = json::skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = json::skip_ws(b, i + 1);
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = json::skip_string(b, i).ok()?;
+        let is_conn_id = key_is(b, i, key_end, b"conn_id");
+        i = json::skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let v_start = json::skip_ws(b, i + 1);
+        if is_conn_id {
+            if b.get(v_start) != Some(&b'"') {
+                return None;
+            }
+            let v_end = json::skip_string(b, v_start).ok()?;
+            let id = json::decode_string(b, v_start, v_end);
+            return (!id.is_empty()).then_some(id);
+        }
+        let v_end = json::skip_value(b, v_start).ok()?;
+        i = json::skip_ws(b, v_end);
+        match b.get(i) {
+            Some(b',') => i = json::skip_ws(b, i + 1),
+            _ => return None,
+        }
+    }
+}
+
 /// A close code must be a plain non-negative integer (no fraction, exponent or sign) that is
 /// a valid application code.
 fn parse_close_code(raw: &[u8]) -> Result<CloseCode, EnvelopeError> {
@@ -488,6 +528,41 @@ mod tests {
         let p =
             parse_to_phone(br#"{"conn_id":"c-1","frame":1,"frame":2,"conn_id":"c-2"}"#).unwrap();
         assert_eq!((&*p.conn_id, p.frame), ("c-2", Some(&b"2"[..])));
+    }
+
+    #[test]
+    fn sniff_finds_a_conn_id_that_ends_inside_the_prefix() {
+        let env = br#"{"conn_id":"c-0123","frame":{"data":"xxxxxxxxxxxxxxxxxxxxxxxx"#;
+        assert_eq!(sniff_conn_id(env).as_deref(), Some("c-0123"));
+        let later = br#" { "v" : [1, {"a": "}"}], "conn\u005fid" : "c-\u0041" , "frame": "#;
+        assert_eq!(sniff_conn_id(later).as_deref(), Some("c-A"));
+        for none in [
+            &br#"{"frame":"xxxxxxxxxxxxxxxxxxxxxxxx"#[..],
+            br#"{"conn_id":"c-01"#,
+            br#"{"conn_id":42,"frame":1}"#,
+            br#"{"conn_id":"","frame":1}"#,
+            br#"["conn_id","c-1"]"#,
+            b"",
+            b"{",
+        ] {
+            assert_eq!(
+                sniff_conn_id(none),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(none)
+            );
+        }
+    }
+
+    #[test]
+    fn sniff_on_every_prefix_never_contradicts_the_whole() {
+        let env = br#"{"x":[1,2,{"y":"\""}],"conn_id":"c-9","frame":{"k":"v"}}"#;
+        for cut in 0..=env.len() {
+            if let Some(id) = sniff_conn_id(&env[..cut]) {
+                assert_eq!(id, "c-9", "cut {cut}");
+            }
+        }
+        assert_eq!(sniff_conn_id(env).as_deref(), Some("c-9"));
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The pyrycode relay server: [`relay_core`] wired to sockets with hyper.
 //!
 //! The directory listing is the architecture: `config/` (flags and boot errors, one file per
-//! subsystem), `server` (accept loop, shutdown), `http` (routes, header rules, upgrade,
+//! subsystem), `admission/` (limits and the memory budget), `server` (accept loop, shutdown), `http` (routes, header rules, upgrade,
 //! `/healthz`), `ws/` (one connection: reader, peer queue, writer, session), `roles/` (what a
 //! binary and a phone do with their messages), `push/` (push wake through FCM, §4.4),
 //! `logging` and `stats`.
 
+pub mod admission;
 pub mod config;
 pub mod http;
 pub mod logging;

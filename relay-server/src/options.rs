@@ -27,6 +27,8 @@ pub struct RelayOptions {
     pub phones_per_server: usize,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Bytes held for peers relay-wide (§8 memory budget).
+    pub max_buffered_bytes: usize,
     /// Push wake (§4.4): `None` is off. Loaded at boot by [`PushSettings::load`] (it reads
     /// the key), so `From<&Config>` leaves it `None` and `main` fills it in.
     pub push: Option<PushSettings>,
@@ -49,6 +51,7 @@ impl Default for RelayOptions {
             phones_per_server: 16,
             header_read_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            max_buffered_bytes: 1 << 30,
             push: None,
         }
     }
@@ -88,6 +91,7 @@ impl From<&crate::config::Config> for RelayOptions {
             phones_per_server: c.admission.phones_per_server,
             header_read_timeout: c.admission.header_read_timeout,
             shutdown_timeout: c.ops.shutdown_timeout,
+            max_buffered_bytes: c.admission.max_buffered_bytes,
             push: None,
         }
     }

@@ -77,6 +77,12 @@ impl Relay {
             shutdown_tx,
         } = self;
         let mut shutdown = shutdown_tx.subscribe();
+        tokio::spawn(
+            shared
+                .outboxes
+                .clone()
+                .run(shared.budget.clone(), shutdown_tx.subscribe()),
+        );
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,

@@ -6,6 +6,8 @@ use std::time::Instant;
 use relay_core::{Registry, RegistryConfig, SystemClock};
 use tokio::sync::{watch, Semaphore};
 
+use crate::admission::budget::Budget;
+use crate::admission::shed::Outboxes;
 use crate::options::RelayOptions;
 use crate::push::PushService;
 use crate::stats::Stats;
@@ -20,6 +22,10 @@ pub struct Shared {
     pub conn_slots: Arc<Semaphore>,
     pub started: Instant,
     pub stats: Stats,
+    /// Every byte held for peers, relay-wide (§8).
+    pub budget: Arc<Budget>,
+    /// Live phone outboxes, for the budget's shedder.
+    pub outboxes: Arc<Outboxes>,
     /// Push wake (§4.4): off unless `opts.push` carries settings.
     pub push: PushService,
 }
@@ -40,6 +46,8 @@ impl Shared {
         Shared {
             registry,
             conn_slots: Arc::new(Semaphore::new(opts.max_connections)),
+            budget: Budget::new(opts.max_buffered_bytes),
+            outboxes: Arc::default(),
             opts,
             shutdown,
             started: Instant::now(),

@@ -15,6 +15,7 @@ pub const MALFORMED_KINDS: [EnvelopeError; 13] = EnvelopeError::ALL;
 pub struct Stats {
     malformed: [AtomicU64; 13],
     unknown_conn_id: AtomicU64,
+    oversize_binary: AtomicU64,
 }
 
 impl Stats {
@@ -22,6 +23,16 @@ impl Stats {
         if let Some(i) = MALFORMED_KINDS.iter().position(|k| *k == kind) {
             self.malformed[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A binary-leg message over the limit was discarded (§7).
+    pub fn oversize_binary_message(&self) {
+        self.oversize_binary.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Binary-leg messages discarded for their size so far.
+    pub fn oversize_binary_messages(&self) -> u64 {
+        self.oversize_binary.load(Ordering::Relaxed)
     }
 
     pub fn unknown_conn_id(&self) {

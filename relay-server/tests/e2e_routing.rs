@@ -1051,8 +1051,15 @@ async fn phone_message_over_max_message_size_is_closed_1009() {
     expect_notice(&mut binary, &c, 1009).await;
 }
 
+/// An envelope for `conn_id` of exactly `len` bytes, its `frame` first unless `frame_last`.
+fn envelope_of_len(conn_id: &str, len: usize) -> String {
+    let head = format!(r#"{{"conn_id":"{conn_id}","frame":"x","pad":""#);
+    let pad = len - head.len() - 2;
+    format!("{head}{}\"}}", "p".repeat(pad))
+}
+
 #[tokio::test]
-async fn binary_leg_allows_the_envelope_around_a_full_size_frame_and_no_more() {
+async fn binary_leg_allows_the_envelope_around_a_full_size_frame() {
     // §7: on the binary leg the limit is `--max-message-size` + 1024 bytes.
     let relay = support::start(small_max_opts()).await;
     let sid = fresh_server_id();
@@ -1063,21 +1070,147 @@ async fn binary_leg_allows_the_envelope_around_a_full_size_frame_and_no_more() {
     binary.send_to(&c, &full).await.unwrap();
     assert_eq!(phone.recv_text().await.unwrap(), full);
 
-    let at_limit = |len: usize| {
-        let head = format!(r#"{{"conn_id":"{c}","frame":"x","pad":""#);
-        let pad = len - head.len() - 2;
-        format!("{head}{}\"}}", "p".repeat(pad))
-    };
-    let exactly = at_limit(SMALL_MAX + 1024);
+    let exactly = envelope_of_len(&c, SMALL_MAX + 1024);
     assert_eq!(exactly.len(), SMALL_MAX + 1024);
     binary.send_text(&exactly).await.unwrap();
     assert_eq!(phone.recv_text().await.unwrap(), r#""x""#);
+    assert_eq!(relay.shared.stats.oversize_binary_messages(), 0);
+}
 
-    binary.send_text(&at_limit(SMALL_MAX + 1025)).await.unwrap();
+#[tokio::test]
+async fn binary_message_over_the_limit_costs_only_the_session_it_names() {
+    // §7: over the binary leg's limit the message is discarded, counted and warned; the
+    // binary stays connected; the phone its first 512 bytes name is closed 1009 "message too
+    // big" after what was queued for it before; its siblings carry on.
+    let relay = support::start(small_max_opts()).await;
+    let sid = fresh_server_id();
+    let mut binary = binary_for(&relay, &sid).await;
+    let (mut named, c1) = phone_for(&relay, &mut binary, &sid).await;
+    let (mut sibling, c2) = phone_for(&relay, &mut binary, &sid).await;
+
+    binary.send_to(&c1, r#"{"before":1}"#).await.unwrap();
+    binary
+        .send_text(&envelope_of_len(&c1, SMALL_MAX + 1025))
+        .await
+        .unwrap();
+    assert_eq!(named.recv_text().await.unwrap(), r#"{"before":1}"#);
     assert_eq!(
-        binary.expect_close().await.unwrap(),
+        named.expect_close().await.unwrap(),
         (1009, "message too big".into())
     );
+    // §4.3: the binary hears which session it cost.
+    expect_notice(&mut binary, &c1, 1009).await;
+    assert_eq!(relay.shared.stats.oversize_binary_messages(), 1);
+
+    // The binary still routes, both ways.
+    binary.send_to(&c2, r#"{"still":"here"}"#).await.unwrap();
+    assert_eq!(sibling.recv_text().await.unwrap(), r#"{"still":"here"}"#);
+    sibling.send_text(r#"{"and":"back"}"#).await.unwrap();
+    let env = binary.recv_envelope().await.unwrap();
+    assert_eq!(
+        (env.conn_id.as_str(), env.frame()),
+        (c2.as_str(), Some(r#"{"and":"back"}"#))
+    );
+}
+
+#[tokio::test]
+async fn over_size_binary_message_naming_nobody_closes_nobody() {
+    // §7: an unknown conn_id, another server-id's phone, or a conn_id past the first 512
+    // bytes: the message is dropped and counted, and no phone is closed.
+    let relay = support::start(small_max_opts()).await;
+    let sid = fresh_server_id();
+    let other_sid = fresh_server_id();
+    let mut binary = binary_for(&relay, &sid).await;
+    let mut other_binary = binary_for(&relay, &other_sid).await;
+    let (mut phone, c) = phone_for(&relay, &mut binary, &sid).await;
+    let (mut foreign, f) = phone_for(&relay, &mut other_binary, &other_sid).await;
+
+    let frame_first = format!(
+        r#"{{"frame":"{}","conn_id":"{c}"}}"#,
+        "y".repeat(SMALL_MAX + 1024)
+    );
+    for over in [
+        envelope_of_len("c-00000000000000000000000000000000", SMALL_MAX + 2000),
+        envelope_of_len(&f, SMALL_MAX + 2000),
+        frame_first,
+    ] {
+        binary.send_text(&over).await.unwrap();
+    }
+    binary
+        .send_to(&c, r#"{"after":"all three"}"#)
+        .await
+        .unwrap();
+    assert_eq!(phone.recv_text().await.unwrap(), r#"{"after":"all three"}"#);
+    other_binary.send_to(&f, r#"{"fine":true}"#).await.unwrap();
+    assert_eq!(foreign.recv_text().await.unwrap(), r#"{"fine":true}"#);
+    assert_eq!(relay.shared.stats.oversize_binary_messages(), 3);
+}
+
+/// A raw binary holding `sid`, and a phone of it whose conn_id the raw binary has learnt.
+async fn raw_binary_with_phone(relay: &TestRelay, sid: &str) -> (RawClient, FakePhone, String) {
+    let mut raw = RawClient::connect(
+        relay.addr,
+        "/v1/server",
+        &[
+            ("X-Pyrycode-Server", sid),
+            ("X-Pyrycode-Version", "0.0.1-test"),
+            ("User-Agent", "raw-binary/1"),
+        ],
+    )
+    .await
+    .expect("raw binary upgrade");
+    support::eventually("the raw binary holds its server-id", || {
+        relay.shared.registry.binary(sid).is_some()
+    })
+    .await;
+    let mut phone = FakePhone::connect(relay.addr, sid).await.unwrap();
+    phone.send_text(r#"{"hello":"raw"}"#).await.unwrap();
+    let hello = raw.read_text().await.unwrap();
+    let env: serde_json::Value = serde_json::from_str(&hello).unwrap();
+    let conn_id = env["conn_id"].as_str().unwrap().to_owned();
+    (raw, phone, conn_id)
+}
+
+#[tokio::test]
+async fn fragmented_over_size_binary_message_is_discarded_as_it_streams() {
+    // §7: "measured on the whole reassembled message", fragments included, and never buffered
+    // whole: 64 MiB streamed in fragments never makes the relay hold more than a few MiB.
+    let relay = support::start(small_max_opts()).await;
+    let sid = fresh_server_id();
+    let (mut raw, mut phone, c) = raw_binary_with_phone(&relay, &sid).await;
+
+    let first = format!(r#"{{"conn_id":"{c}","frame":""#);
+    raw.send_frame(false, OpCode::Text, first.as_bytes())
+        .await
+        .unwrap();
+    let block = vec![b'z'; 256 << 10];
+    let mut peak = 0;
+    for _ in 0..256 {
+        raw.send_frame(false, OpCode::Continuation, &block)
+            .await
+            .unwrap();
+        peak = peak.max(relay.shared.budget.used());
+    }
+    raw.send_frame(true, OpCode::Continuation, b"\"}")
+        .await
+        .unwrap();
+    assert_eq!(
+        phone.expect_close().await.unwrap(),
+        (1009, "message too big".into())
+    );
+    assert!(
+        peak < 4 << 20,
+        "the relay held at most {peak} bytes of a 64 MiB message"
+    );
+    assert_eq!(relay.shared.stats.oversize_binary_messages(), 1);
+    // §4.3: the binary hears which session it cost.
+    let notice = raw.read_text().await.unwrap();
+    assert_eq!(notice, format!(r#"{{"conn_id":"{c}","close_code":1009}}"#));
+    // The raw binary is still connected and routing.
+    let mut next = FakePhone::connect(relay.addr, &sid).await.unwrap();
+    next.send_text(r#"{"next":1}"#).await.unwrap();
+    let env = raw.read_text().await.unwrap();
+    assert!(env.contains(r#""frame":{"next":1}"#), "{env}");
 }
 
 #[tokio::test]

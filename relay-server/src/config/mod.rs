@@ -162,7 +162,7 @@ impl Feature {
             Feature::Metrics => false,
             Feature::RateLimits => false,
             Feature::HandshakeTimeout => false,
-            Feature::MemoryBudget => false,
+            Feature::MemoryBudget => true,
             Feature::Push => true,
             Feature::Cluster => false,
         }

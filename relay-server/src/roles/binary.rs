@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::shared::Shared;
 use crate::ws::peer::{Peer, Role};
+use crate::ws::reader::{Inbound, Oversize};
 use crate::ws::session;
 
 pub struct BinaryHello {
@@ -84,13 +85,26 @@ where
         outcome,
     ));
     let max = shared.opts.max_binary_message();
-    let ended = session::run(&shared, &peer, read, write, prefix, max, |msg| {
-        // Until the claim is decided the binary holds nothing: what it sends is discarded (§6.2).
-        if let Some(lease) = lease.get() {
-            route(&shared, lease, &msg);
-        }
-        std::future::ready(Ok(()))
-    })
+    let ended = session::run(
+        &shared,
+        &peer,
+        read,
+        write,
+        prefix,
+        max,
+        Oversize::Discard,
+        |msg| {
+            // Until the claim is decided the binary holds nothing: what it sends is discarded
+            // (§6.2).
+            if let Some(lease) = lease.get() {
+                match msg {
+                    Inbound::Message(msg) => route(&shared, lease, &msg),
+                    Inbound::Oversize(first) => oversize(&shared, lease, &first),
+                }
+            }
+            std::future::ready(Ok(()))
+        },
+    )
     .await;
     peer.finish();
     // The claim may still be probing an incumbent; its outcome decides what we release.
@@ -140,6 +154,28 @@ fn route(shared: &Shared, lease: &BinaryLease<Peer>, msg: &Bytes) {
     }
     if let Some(code) = env.close {
         phone.close_by_binary(Close::requested(code));
+    }
+}
+
+/// §7: a message over the binary leg's limit was discarded as it arrived. The binary stays
+/// connected; if its first bytes name a phone of this server-id, that phone alone is closed
+/// 1009, after what was queued for it before.
+fn oversize(shared: &Shared, lease: &BinaryLease<Peer>, first: &[u8]) {
+    shared.stats.oversize_binary_message();
+    let phone = envelope::sniff_conn_id(first).and_then(|id| lease.route(&id));
+    match &phone {
+        Some(phone) => warn!(
+            server_id = %lease.server_id(),
+            conn_id = %phone.id(),
+            "binary message over the size limit discarded; closing the phone it was for"
+        ),
+        None => warn!(
+            server_id = %lease.server_id(),
+            "binary message over the size limit discarded"
+        ),
+    }
+    if let Some(phone) = phone {
+        phone.close(Close::TOO_BIG);
     }
 }
 

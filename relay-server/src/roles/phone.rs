@@ -12,7 +12,7 @@ use tracing::{debug, info};
 
 use crate::shared::Shared;
 use crate::ws::peer::{Peer, Role};
-use crate::ws::reader::ReadEnd;
+use crate::ws::reader::{Inbound, Oversize, ReadEnd};
 use crate::ws::session::{self, Ended};
 
 pub struct PhoneHello {
@@ -27,6 +27,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let peer = shared.new_peer(Role::Phone);
+    let _outbox = shared.outboxes.register(&peer);
     let lease = match shared
         .registry
         .register_phone(&hello.server_id, peer.clone())
@@ -50,9 +51,16 @@ where
         "phone connected"
     );
     let max = shared.opts.max_message_size;
-    let ended = session::run(&shared, &peer, read, write, prefix, max, |msg| {
-        forward(&peer, lease.as_ref(), msg)
-    })
+    let ended = session::run(
+        &shared,
+        &peer,
+        read,
+        write,
+        prefix,
+        max,
+        Oversize::Close,
+        |msg| forward(&peer, lease.as_ref(), msg),
+    )
     .await;
     peer.finish();
     let Some(lease) = lease else { return };
@@ -68,7 +76,11 @@ where
 }
 
 /// §4.1: check the message is JSON, then send it on (or hold it, during grace).
-async fn forward(peer: &Peer, lease: Option<&PhoneLease<Peer>>, msg: Bytes) -> Result<(), Close> {
+async fn forward(peer: &Peer, lease: Option<&PhoneLease<Peer>>, msg: Inbound) -> Result<(), Close> {
+    // A phone's reader closes over-size messages itself (§7); it never reports one.
+    let Inbound::Message(msg) = msg else {
+        return Err(Close::TOO_BIG);
+    };
     envelope::validate_phone_frame(&msg).map_err(|_| Close::NOT_JSON)?;
     let Some(lease) = lease else {
         return Ok(());

@@ -5,7 +5,6 @@
 //! The hot path reads in one sitting: `reader` → the role's routing step (`roles/`) → the
 //! other connection's `peer` queue → its `writer`.
 
-pub mod deadline;
 pub mod frame;
 mod heartbeat;
 pub mod peer;

@@ -22,6 +22,9 @@ use tokio::time::{sleep_until, Instant};
 
 /// Most messages written in one vectored write.
 pub(super) const BATCH: usize = 64;
+/// About how many bytes one write takes from the queue: more rarely fits one syscall, and
+/// what a blocked write holds should stay small.
+pub(super) const BATCH_BYTES: usize = 256 << 10;
 /// How long to wait for the peer's answer to our close frame before dropping the socket.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -120,7 +123,10 @@ pub(super) struct Inner {
 #[derive(Default)]
 pub(super) struct Outbox {
     pub(super) queue: VecDeque<OutMsg>,
+    /// Bytes queued, including the batch the writer is writing (`in_flight`).
     pub(super) queued_bytes: usize,
+    /// Bytes of the batch the writer took last and may still be writing.
+    pub(super) in_flight: usize,
     pub(super) close: Option<CloseRequest>,
     pub(super) pong: Option<Bytes>,
     pub(super) ping: bool,
@@ -232,8 +238,20 @@ impl Peer {
             Some(existing) if req.urgent && !existing.urgent => existing.urgent = true,
             Some(_) => return,
         }
+        if req.urgent {
+            // Drop the queue now, not when the writer next looks: what it holds is released
+            // at once (the memory budget's shedder relies on it).
+            ob.queue.clear();
+            ob.queued_bytes = 0;
+            ob.in_flight = 0;
+        }
         drop(ob);
         self.inner.wake_writer.notify_one();
+    }
+
+    /// Bytes waiting in this connection's queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox().queued_bytes
     }
 
     /// Closes at once, dropping whatever is queued: for errors (§5: 1007, 1008, 1009, 1011).
@@ -357,6 +375,7 @@ impl Peer {
             ob.finished = true;
             ob.queue.clear();
             ob.queued_bytes = 0;
+            ob.in_flight = 0;
         }
         if let Some(sem) = &self.inner.inbox {
             sem.close();
@@ -403,6 +422,7 @@ impl Conn for Peer {
         if ob.queued_bytes + msg.len() > self.inner.limits.queue_bytes {
             ob.queue.clear();
             ob.queued_bytes = 0;
+            ob.in_flight = 0;
             ob.close = Some(CloseRequest {
                 close: Close::BACKLOG_FULL,
                 by_binary: false,

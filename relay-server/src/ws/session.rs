@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::shared::Shared;
 use crate::ws::peer::{CloseRequest, Peer};
-use crate::ws::reader::{MessageReader, ReadEnd};
+use crate::ws::reader::{Inbound, MessageReader, Oversize, ReadEnd, ReaderConfig};
 use crate::ws::writer::WriterEnd;
 
 /// How a connection ended.
@@ -44,8 +44,10 @@ impl Ended {
     }
 }
 
-/// Runs one connection: `on_message` gets every whole data message in order (awaiting it
-/// applies back-pressure to this socket). Returns how it ended once the writer is done.
+/// Runs one connection: `on_message` gets every whole data message (or over-size report) in
+/// order; awaiting it applies back-pressure to this socket. `max_message` and `oversize` are
+/// the connection's leg's size rule (§7). Returns how it ended once the writer is done.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<R, W, F, Fut>(
     shared: &Shared,
     peer: &Peer,
@@ -53,19 +55,24 @@ pub async fn run<R, W, F, Fut>(
     write: W,
     prefix: Bytes,
     max_message: usize,
+    oversize: Oversize,
     mut on_message: F,
 ) -> Ended
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
-    F: FnMut(Bytes) -> Fut,
+    F: FnMut(Inbound) -> Fut,
     Fut: Future<Output = Result<(), Close>>,
 {
     let writer = tokio::spawn(peer.clone().run_writer(write, shared.shutdown.clone()));
-    let mut reader =
-        MessageReader::new(read, prefix, max_message, shared.opts.message_read_timeout);
+    let cfg = ReaderConfig {
+        max_message,
+        read_timeout: shared.opts.message_read_timeout,
+        oversize,
+    };
+    let mut reader = MessageReader::new(read, prefix, cfg, shared.budget.meter());
     let end = loop {
-        // Dropping `next` mid-frame is only allowed because the connection is over then.
+        // `next` is cancel-safe; it only ever loses the race once the connection is over.
         let next = tokio::select! {
             biased;
             _ = peer.done() => Err(ReadEnd::Stopped),

@@ -15,7 +15,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::frame::{frame_head, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 use super::heartbeat::Heartbeat;
-use super::peer::{permits_for, CloseRequest, OutMsg, Peer, BATCH, CLOSE_LINGER};
+use super::peer::{permits_for, CloseRequest, OutMsg, Peer, BATCH, BATCH_BYTES, CLOSE_LINGER};
 
 /// Why the writer stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +38,13 @@ struct Batch {
 }
 
 impl Peer {
+    /// Takes the next batch: at most [`BATCH`] messages and about [`BATCH_BYTES`] bytes (at
+    /// least one message). Its bytes stay counted in `queued_bytes` until the next call, i.e.
+    /// until they are written: a phone's backlog includes what its writer is still writing.
     fn take_batch(&self, into: &mut Vec<OutMsg>) -> Batch {
         let mut ob = self.outbox();
+        let written = std::mem::take(&mut ob.in_flight);
+        ob.queued_bytes = ob.queued_bytes.saturating_sub(written);
         let pong = ob.pong.take();
         let ping = std::mem::take(&mut ob.ping);
         let mut bytes = 0;
@@ -48,24 +53,23 @@ impl Peer {
             if req.urgent {
                 ob.queue.clear();
                 ob.queued_bytes = 0;
+                ob.in_flight = 0;
             }
         }
-        while into.len() < BATCH {
+        let binary = self.inner.inbox.is_some();
+        let mut accounted = 0;
+        while into.len() < BATCH && bytes < BATCH_BYTES {
             let Some(m) = ob.queue.pop_front() else { break };
             bytes += m.len();
+            // Binary inbox bytes are accounted in permits (clamped per message).
+            accounted += if binary {
+                permits_for(m.len(), self.inner.limits.queue_bytes) as usize
+            } else {
+                m.len()
+            };
             into.push(m);
         }
-        if self.inner.inbox.is_some() {
-            // Binary inbox bytes are accounted in permits (clamped per message).
-            let permits: usize = into
-                .iter()
-                .map(|m| permits_for(m.len(), self.inner.limits.queue_bytes) as usize)
-                .sum();
-            ob.queued_bytes = ob.queued_bytes.saturating_sub(permits);
-            bytes = permits;
-        } else {
-            ob.queued_bytes = ob.queued_bytes.saturating_sub(bytes);
-        }
+        ob.in_flight = accounted;
         if ob.queue.is_empty() {
             close = ob.close.map(|r| r.close);
         }
@@ -73,7 +77,7 @@ impl Peer {
             pong,
             ping,
             messages: std::mem::take(into),
-            bytes,
+            bytes: accounted,
             close,
         }
     }
