@@ -20,6 +20,7 @@ impl CloseCode {
     pub const NOT_FOUND: CloseCode = CloseCode(4404);
     pub const CONFLICT: CloseCode = CloseCode(4409);
     pub const TOO_MANY: CloseCode = CloseCode(4429);
+    pub const SERVICE_RESTART: CloseCode = CloseCode(1012);
 
     /// Any code as received from a peer's close frame (used for close notices, §4.3).
     pub const fn from_wire(code: u16) -> CloseCode {
@@ -66,6 +67,10 @@ impl Close {
     pub const BACKLOG_FULL: Close = Close::new(CloseCode::INTERNAL, "phone backlog full");
     pub const WRITE_TIMEOUT: Close = Close::new(CloseCode::INTERNAL, "write timeout");
     pub const GRACE_EXPIRED: Close = Close::new(CloseCode::INTERNAL, "binary did not reconnect");
+    /// The relay failed handling this connection (a caught panic); nothing else is affected.
+    pub const INTERNAL_ERROR: Close = Close::new(CloseCode::INTERNAL, "internal error");
+    /// Cluster fencing (§11): this node lost its directory lease.
+    pub const SERVICE_RESTART: Close = Close::new(CloseCode::SERVICE_RESTART, "service restart");
     pub const NO_SERVER: Close = Close::new(CloseCode::NOT_FOUND, "no server with that id");
     pub const RECLAIMED: Close = Close::new(CloseCode::NOT_FOUND, "binary reclaimed server-id");
     pub const ALREADY_CLAIMED: Close = Close::new(CloseCode::CONFLICT, "server-id already claimed");

@@ -19,6 +19,7 @@ use relay_core::headers::{self, HeaderError};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::metrics::{AdmissionLimit, Endpoint as EndpointLabel, UpgradeOutcome};
 use crate::roles::binary::{self, BinaryHello};
 use crate::roles::phone::{self, PhoneHello};
 use crate::shared::Shared;
@@ -35,6 +36,15 @@ fn empty(status: StatusCode) -> Response<Body> {
 enum Endpoint {
     Server,
     Client,
+}
+
+impl Endpoint {
+    fn label(self) -> EndpointLabel {
+        match self {
+            Endpoint::Server => EndpointLabel::Server,
+            Endpoint::Client => EndpointLabel::Client,
+        }
+    }
 }
 
 pub async fn handle(
@@ -128,33 +138,47 @@ fn upgrade(
     endpoint: Endpoint,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    let refuse = |outcome: UpgradeOutcome, status: StatusCode| {
+        shared.metrics.upgrades.inc(endpoint.label(), outcome);
+        empty(status)
+    };
     if req.method() != Method::GET {
-        return empty(StatusCode::METHOD_NOT_ALLOWED);
+        return refuse(UpgradeOutcome::RejectMethod, StatusCode::METHOD_NOT_ALLOWED);
     }
     if shared.is_shutting_down() {
-        return empty(StatusCode::SERVICE_UNAVAILABLE);
+        return refuse(
+            UpgradeOutcome::RejectUnavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
     }
     // §2 order: (host check, per-IP limits: later issues) → global cap → headers → upgrade.
     let Ok(slot) = shared.conn_slots.clone().try_acquire_owned() else {
         warn!(path = %path, remote = %remote, "connection cap reached, upgrade refused");
-        return empty(StatusCode::SERVICE_UNAVAILABLE);
+        shared
+            .metrics
+            .admission_refusals
+            .inc(AdmissionLimit::Connections);
+        return refuse(
+            UpgradeOutcome::RejectCapacity,
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
     };
     let hello = match check_headers(&req, endpoint, remote) {
         Ok(hello) => hello,
         Err(e) => {
             info!(path = %path, remote = %remote, err = %e, "upgrade refused: bad header");
-            return empty(StatusCode::BAD_REQUEST);
+            return refuse(UpgradeOutcome::RejectHeaders, StatusCode::BAD_REQUEST);
         }
     };
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         info!(path = %path, remote = %remote, "upgrade refused: not a WebSocket upgrade");
-        return empty(StatusCode::BAD_REQUEST);
+        return refuse(UpgradeOutcome::RejectHeaders, StatusCode::BAD_REQUEST);
     }
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
             info!(path = %path, remote = %remote, err = %e, "upgrade refused");
-            return empty(StatusCode::BAD_REQUEST);
+            return refuse(UpgradeOutcome::RejectHeaders, StatusCode::BAD_REQUEST);
         }
     };
     // §6.1: a binary claims before its 101 goes out, so the server-id is held by the time it

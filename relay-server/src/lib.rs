@@ -4,18 +4,19 @@
 //! subsystem), `admission/` (limits and the memory budget), `server` (accept loop, shutdown), `http` (routes, header rules, upgrade,
 //! `/healthz`), `ws/` (one connection: reader, peer queue, writer, session), `roles/` (what a
 //! binary and a phone do with their messages), `push/` (push wake through FCM, §4.4),
-//! `logging` and `stats`.
+//! `metrics/` (the §10 series and their listener), `logging`.
 
 pub mod admission;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod options;
 pub mod push;
 pub mod roles;
 pub mod server;
 pub mod shared;
-pub mod stats;
 pub mod ws;
 
 pub use options::RelayOptions;

@@ -44,7 +44,9 @@ pub const FIELD_ALLOWLIST: &[&str] = &[
     "duration",
     "addr",
     "mode",
+    "metrics_addr",
     "token_fp",
+    "node_id",
 ];
 
 /// Level used when `RUST_LOG` is unset, empty or invalid.

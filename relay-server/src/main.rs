@@ -63,6 +63,21 @@ async fn serve(config: config::Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let metrics_addr = match config.ops.metrics_listen {
+        None => None,
+        Some(addr) => match relay_server::metrics::serve::MetricsListener::bind(addr).await {
+            Ok(listener) => {
+                let bound = listener.local_addr().ok();
+                tokio::spawn(listener.run(relay.shared()));
+                bound
+            }
+            Err(e) => {
+                error!(addr = %addr, err = %e, "cannot bind the metrics listener");
+                eprintln!("relay-server: cannot listen on {addr} for metrics: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
     if let ListenMode::Development(_) = config.listen {
         warn!(
             mode = "development",
@@ -72,7 +87,12 @@ async fn serve(config: config::Config) -> ExitCode {
     if let Some(push) = &relay.shared().opts.push {
         info!(addr = %push.endpoint, "push wake on (FCM)");
     }
-    info!(addr = %bound, mode = %config.listen.name(), "listening");
+    match metrics_addr {
+        Some(metrics) => {
+            info!(addr = %bound, mode = %config.listen.name(), metrics_addr = %metrics, "listening")
+        }
+        None => info!(addr = %bound, mode = %config.listen.name(), "listening"),
+    }
     let handle = relay.shutdown_handle();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -8,9 +8,9 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::admission::budget::Budget;
 use crate::admission::shed::Outboxes;
+use crate::metrics::Metrics;
 use crate::options::RelayOptions;
 use crate::push::PushService;
-use crate::stats::Stats;
 use crate::ws::peer::{Peer, PeerLimits, Role};
 
 pub struct Shared {
@@ -21,7 +21,7 @@ pub struct Shared {
     /// One permit per live WebSocket connection (`--max-connections`, §8).
     pub conn_slots: Arc<Semaphore>,
     pub started: Instant,
-    pub stats: Stats,
+    pub metrics: Metrics,
     /// Every byte held for peers, relay-wide (§8).
     pub budget: Arc<Budget>,
     /// Live phone outboxes, for the budget's shedder.
@@ -51,7 +51,7 @@ impl Shared {
             opts,
             shutdown,
             started: Instant::now(),
-            stats: Stats::default(),
+            metrics: Metrics::default(),
             push,
         }
     }

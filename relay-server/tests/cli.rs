@@ -71,6 +71,8 @@ fn relay(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(RELAY);
     cmd.args(args)
         .env_clear()
+        // Tests run relays side by side: none takes the default metrics port unless asked.
+        .env("PYRYCODE_RELAY_METRICS_LISTEN", "")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use relay_testkit::client::{fresh_server_id, FakeBinary, FakePhone};
 use relay_testkit::fcm::{Endpoint, FakeFcm, Reply, PROJECT_ID};
-use support::process::{relay, run_to_exit, Running, PATIENCE};
+use support::process::{relay, run_to_exit, scrape, Running, PATIENCE};
 
 /// Starts the binary with push on through `--fcm-credentials FILE`, plus `extra` flags.
 async fn start(fcm: &FakeFcm, extra: &[&str], env: &[(&str, &str)]) -> (Running, SocketAddr) {
@@ -19,6 +19,8 @@ async fn start(fcm: &FakeFcm, extra: &[&str], env: &[(&str, &str)]) -> (Running,
     let endpoint = fcm.endpoint();
     let mut args = vec![
         "--insecure-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
         "127.0.0.1:0",
         "--shutdown-timeout",
         "3s",
@@ -264,13 +266,36 @@ async fn at_most_32_sends_in_flight_and_a_hanging_fcm_never_delays_routing() {
     assert_eq!(fcm.requests_to(Endpoint::Send).len(), 32);
 }
 
+/// `pyrycode_relay_push_wakes_total{outcome=…}` for every outcome, in §4.4's order.
+async fn push_wakes(metrics: SocketAddr) -> [f64; 5] {
+    let s = scrape(metrics).await;
+    [
+        "sent",
+        "unregistered",
+        "send_failed",
+        "token_fetch_failed",
+        "dropped",
+    ]
+    .map(|o| {
+        let name = format!(r#"pyrycode_relay_push_wakes_total{{outcome="{o}"}}"#);
+        *s.get(&name)
+            .unwrap_or_else(|| panic!("no {name} in the scrape"))
+    })
+}
+
 #[tokio::test]
 async fn failing_fcm_replies_are_logged_by_outcome_and_never_retried_or_followed() {
     // §4.4 outcomes: token_fetch_failed, unregistered (404 UNREGISTERED, 400 INVALID_ARGUMENT
     // naming the token), send_failed (500, a redirect: not followed, an endless reply: at most
-    // 4 KiB read); a failed send is not retried.
+    // 4 KiB read); a failed send is not retried. Each moves its §10 series on /metrics.
     let fcm = FakeFcm::start().await.unwrap();
     let (mut relay, addr) = start(&fcm, &[], &[]).await;
+    let metrics = relay.metrics_addr().await;
+    assert_eq!(
+        push_wakes(metrics).await,
+        [0.0; 5],
+        "every series from boot, at zero"
+    );
     let mut binary = FakeBinary::connect(addr, &fresh_server_id()).await.unwrap();
     fcm.script_tokens([Reply::Status(500)]);
     binary.push_wake("first").await.unwrap();
@@ -300,6 +325,18 @@ async fn failing_fcm_replies_are_logged_by_outcome_and_never_retried_or_followed
         started.elapsed()
     );
     assert_eq!(fcm.requests_to(Endpoint::Send).len(), 5, "no retry");
+    assert_eq!(push_wakes(metrics).await, [0.0, 2.0, 3.0, 1.0, 0.0]);
+    // The bucket (6) is spent: a 7th wake is dropped.
+    binary.push_wake("over-the-burst").await.unwrap();
+    relay
+        .wait_lines(&["push wake dropped", "reason=\"rate_limited\""], 1)
+        .await;
+    assert_eq!(push_wakes(metrics).await, [0.0, 2.0, 3.0, 1.0, 1.0]);
+    // A sent one, from another server-id.
+    let mut other = FakeBinary::connect(addr, &fresh_server_id()).await.unwrap();
+    other.push_wake("sent").await.unwrap();
+    relay.wait_lines(&["push wake sent"], 1).await;
+    assert_eq!(push_wakes(metrics).await, [1.0, 2.0, 3.0, 1.0, 1.0]);
     assert!(
         fcm.requests_to(Endpoint::Other).is_empty(),
         "the redirect was not followed"
@@ -351,6 +388,22 @@ async fn malformed_and_push_off_wakes_are_dropped_and_the_binary_keeps_routing()
         .await
         .unwrap();
     assert!(fcm.requests().is_empty(), "nothing reached FCM");
+    let s = scrape(relay.metrics_addr().await).await;
+    for kind in [
+        "wake_platform",
+        "wake_token_empty",
+        "wake_token_missing",
+        "wake_not_object",
+        "wake_token_too_long",
+    ] {
+        let name = format!(r#"pyrycode_relay_malformed_envelopes_total{{kind="{kind}"}}"#);
+        assert_eq!(s.get(&name), Some(&1.0), "{name}");
+    }
+    assert_eq!(
+        s.get(r#"pyrycode_relay_push_wakes_total{outcome="dropped"}"#),
+        Some(&0.0),
+        "a malformed wake is not an outcome"
+    );
     drop(relay);
 
     let mut off = Running::spawn(
@@ -401,6 +454,8 @@ async fn no_secret_appears_in_any_log_line_at_trace() {
     relay.wait_lines(&["token is unregistered"], 1).await;
     relay.wait_lines(&["push wake failed"], 1).await;
     relay.wait_lines(&["malformed push wake dropped"], 1).await;
+    let metrics = relay.metrics_addr().await;
+    let scraped: Vec<String> = scrape(metrics).await.into_keys().collect();
     relay.signal("TERM");
     assert_eq!(relay.exit_code(PATIENCE).await, Some(0));
 
@@ -434,7 +489,7 @@ async fn no_secret_appears_in_any_log_line_at_trace() {
         "trace logging ran: {:#?}",
         relay.seen
     );
-    for line in &relay.seen {
+    for line in relay.seen.iter().chain(&scraped) {
         for s in &secrets {
             assert!(
                 !line.contains(s.as_str()),

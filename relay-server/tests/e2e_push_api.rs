@@ -118,7 +118,7 @@ async fn push_off_and_malformed_wakes_are_counted_where_they_belong() {
     eventually("counted malformed", || {
         relay
             .shared
-            .stats
+            .metrics
             .malformed(relay_core::envelope::EnvelopeError::WakeTokenEmpty)
             == 1
     })

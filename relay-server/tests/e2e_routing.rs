@@ -215,7 +215,7 @@ async fn binary_conn_id_with_json_escapes_is_decoded_before_routing() {
         .await
         .unwrap();
     assert_eq!(phone.recv_text().await.unwrap(), r#""escaped""#);
-    assert_eq!(relay.shared.stats.unknown_conn_ids(), 0);
+    assert_eq!(relay.shared.metrics.unknown_conn_ids(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -507,7 +507,7 @@ async fn malformed_envelopes_are_dropped_and_counted_and_the_binary_keeps_workin
         ),
     ];
     for (i, (bad, kind)) in cases.iter().enumerate() {
-        let before = relay.shared.stats.malformed(*kind);
+        let before = relay.shared.metrics.malformed(*kind);
         binary.send_text(bad).await.unwrap();
         binary
             .send_to(&c, &format!(r#"{{"marker":{i}}}"#))
@@ -519,21 +519,21 @@ async fn malformed_envelopes_are_dropped_and_counted_and_the_binary_keeps_workin
             "after {bad}"
         );
         assert_eq!(
-            relay.shared.stats.malformed(*kind),
+            relay.shared.metrics.malformed(*kind),
             before + 1,
             "{bad} counts as {kind:?}"
         );
     }
     // Not UTF-8 at all (binary opcode): not JSON either.
-    let before = relay.shared.stats.malformed(NotJson);
+    let before = relay.shared.metrics.malformed(NotJson);
     binary
         .send_binary(b"{\"conn_id\":\"\xff\",\"frame\":1}")
         .await
         .unwrap();
     binary.send_to(&c, r#""last""#).await.unwrap();
     assert_eq!(phone.recv_text().await.unwrap(), r#""last""#);
-    assert_eq!(relay.shared.stats.malformed(NotJson), before + 1);
-    assert_eq!(relay.shared.stats.unknown_conn_ids(), 0);
+    assert_eq!(relay.shared.metrics.malformed(NotJson), before + 1);
+    assert_eq!(relay.shared.metrics.unknown_conn_ids(), 0);
     phone.expect_silence(ms(100)).await.unwrap();
 }
 
@@ -559,7 +559,7 @@ async fn envelope_for_an_unknown_or_foreign_conn_id_is_dropped_and_counted() {
         format!(r#"{{"conn_id":"{b}","frame":"leak","close_code":4401}}"#),
     ];
     for (i, envelope) in unroutable.iter().enumerate() {
-        let before = relay.shared.stats.unknown_conn_ids();
+        let before = relay.shared.metrics.unknown_conn_ids();
         binary_a.send_text(envelope).await.unwrap();
         binary_a.send_to(&a, &i.to_string()).await.unwrap();
         assert_eq!(
@@ -568,7 +568,7 @@ async fn envelope_for_an_unknown_or_foreign_conn_id_is_dropped_and_counted() {
             "after {envelope}"
         );
         assert_eq!(
-            relay.shared.stats.unknown_conn_ids(),
+            relay.shared.metrics.unknown_conn_ids(),
             before + 1,
             "{envelope}"
         );
@@ -1074,7 +1074,7 @@ async fn binary_leg_allows_the_envelope_around_a_full_size_frame() {
     assert_eq!(exactly.len(), SMALL_MAX + 1024);
     binary.send_text(&exactly).await.unwrap();
     assert_eq!(phone.recv_text().await.unwrap(), r#""x""#);
-    assert_eq!(relay.shared.stats.oversize_binary_messages(), 0);
+    assert_eq!(relay.shared.metrics.oversize_binary_messages(), 0);
 }
 
 #[tokio::test]
@@ -1100,7 +1100,7 @@ async fn binary_message_over_the_limit_costs_only_the_session_it_names() {
     );
     // §4.3: the binary hears which session it cost.
     expect_notice(&mut binary, &c1, 1009).await;
-    assert_eq!(relay.shared.stats.oversize_binary_messages(), 1);
+    assert_eq!(relay.shared.metrics.oversize_binary_messages(), 1);
 
     // The binary still routes, both ways.
     binary.send_to(&c2, r#"{"still":"here"}"#).await.unwrap();
@@ -1143,7 +1143,7 @@ async fn over_size_binary_message_naming_nobody_closes_nobody() {
     assert_eq!(phone.recv_text().await.unwrap(), r#"{"after":"all three"}"#);
     other_binary.send_to(&f, r#"{"fine":true}"#).await.unwrap();
     assert_eq!(foreign.recv_text().await.unwrap(), r#"{"fine":true}"#);
-    assert_eq!(relay.shared.stats.oversize_binary_messages(), 3);
+    assert_eq!(relay.shared.metrics.oversize_binary_messages(), 3);
 }
 
 /// A raw binary holding `sid`, and a phone of it whose conn_id the raw binary has learnt.
@@ -1202,7 +1202,7 @@ async fn fragmented_over_size_binary_message_is_discarded_as_it_streams() {
         peak < 4 << 20,
         "the relay held at most {peak} bytes of a 64 MiB message"
     );
-    assert_eq!(relay.shared.stats.oversize_binary_messages(), 1);
+    assert_eq!(relay.shared.metrics.oversize_binary_messages(), 1);
     // §4.3: the binary hears which session it cost.
     let notice = raw.read_text().await.unwrap();
     assert_eq!(notice, format!(r#"{{"conn_id":"{c}","close_code":1009}}"#));

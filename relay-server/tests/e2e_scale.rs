@@ -313,6 +313,6 @@ async fn thousand_phones_over_a_hundred_server_ids_get_every_echo_in_order() {
     {
         result.unwrap_or_else(|e| panic!("phone {i}: {e}"));
     }
-    assert_eq!(relay.shared.stats.unknown_conn_ids(), 0);
+    assert_eq!(relay.shared.metrics.unknown_conn_ids(), 0);
     eprintln!("1,000 phones x 20 echoes in {:?}", started.elapsed());
 }

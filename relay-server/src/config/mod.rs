@@ -89,7 +89,7 @@ impl Default for Config {
             flow: Flow::default(),
             admission: Admission::default(),
             ops: Ops {
-                metrics_listen: None,
+                metrics_listen: Some(ops::DEFAULT_METRICS_ADDR),
                 log_format: LogFormat::Text,
                 shutdown_timeout: std::time::Duration::from_secs(10),
             },
@@ -159,7 +159,7 @@ impl Feature {
         match self {
             Feature::Tls => false,
             Feature::Acme => false,
-            Feature::Metrics => false,
+            Feature::Metrics => true,
             Feature::RateLimits => false,
             Feature::HandshakeTimeout => false,
             Feature::MemoryBudget => true,
@@ -331,10 +331,7 @@ impl Config {
             lifecycle,
             flow,
             admission,
-            ops: Ops {
-                metrics_listen: ops.metrics_listen.filter(|_| Feature::Metrics.built()),
-                ..ops
-            },
+            ops,
             push,
             cluster,
         })

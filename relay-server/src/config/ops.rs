@@ -8,6 +8,10 @@ use clap::{Args, ValueEnum};
 use super::parse::{duration, parse_duration, parse_listen_addr};
 use super::BootError;
 
+/// Where metrics are served unless `--metrics-listen` says otherwise (loopback only).
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
+
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Operations")]
 pub struct OpsArgs {

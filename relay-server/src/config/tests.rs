@@ -125,8 +125,7 @@ fn no_flags_gives_development_mode_and_documented_defaults() {
         ListenMode::Development(v4([127, 0, 0, 1], 8080))
     );
     assert_eq!(config.listen.name(), "development");
-    // The default metrics address is not an error, but nothing serves metrics yet.
-    assert_eq!(config.ops.metrics_listen, None);
+    assert_eq!(config.ops.metrics_listen, Some(v4([127, 0, 0, 1], 9090)));
     assert_eq!(config.ops.log_format, LogFormat::Text);
     assert_eq!(config.ops.shutdown_timeout, Duration::from_secs(10));
     let l = &config.lifecycle;
@@ -396,6 +395,16 @@ fn acme_mode_is_refused_until_acme_exists() {
         &[],
         "--domain",
         Feature::Acme,
+    );
+}
+
+#[test]
+fn explicit_metrics_listen_is_honoured_now_that_metrics_exist() {
+    assert_eq!(
+        ok(&["--metrics-listen", "127.0.0.1:9091"])
+            .ops
+            .metrics_listen,
+        Some(v4([127, 0, 0, 1], 9091))
     );
 }
 

@@ -12,6 +12,9 @@ use relay_core::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
+use crate::metrics::{
+    Direction, DropReason, Endpoint, Metrics, ReclaimPolicyLabel, RegisterFailure, UpgradeOutcome,
+};
 use crate::shared::Shared;
 use crate::ws::peer::{Peer, Role};
 use crate::ws::reader::{Inbound, Oversize};
@@ -96,11 +99,10 @@ where
         |msg| {
             // Until the claim is decided the binary holds nothing: what it sends is discarded
             // (§6.2).
-            if let Some(lease) = lease.get() {
-                match msg {
-                    Inbound::Message(msg) => route(&shared, lease, &msg),
-                    Inbound::Oversize(first) => oversize(&shared, lease, &first),
-                }
+            match (lease.get(), msg) {
+                (Some(lease), Inbound::Message(msg)) => route(&shared, lease, &peer, &msg),
+                (Some(lease), Inbound::Oversize(first)) => oversize(&shared, lease, &first),
+                (None, _) => shared.metrics.drops.inc(DropReason::DuringProbe),
             }
             std::future::ready(Ok(()))
         },
@@ -111,6 +113,7 @@ where
     let _ = claim.await;
     if let Some(lease) = lease.get() {
         if let Some(ticket) = shared.registry.release(lease) {
+            Metrics::count(&shared.metrics.grace_started);
             info!(server_id = %hello.server_id, conn_id = %peer.id(), "binary gone, grace period started");
             tokio::spawn(grace_timer(shared.clone(), ticket));
         }
@@ -126,7 +129,7 @@ where
 
 /// §4.2: one envelope from the binary, zero-copy to the phone; §4.4: a push wake, handed to
 /// the push service with one call that never waits.
-fn route(shared: &Shared, lease: &BinaryLease<Peer>, msg: &Bytes) {
+fn route(shared: &Shared, lease: &BinaryLease<Peer>, binary: &Peer, msg: &Bytes) {
     let env = match envelope::parse_from_binary(msg) {
         Ok(FromBinary::ToPhone(env)) => env,
         Ok(FromBinary::Wake(wake)) => {
@@ -134,7 +137,7 @@ fn route(shared: &Shared, lease: &BinaryLease<Peer>, msg: &Bytes) {
             return;
         }
         Err(e) => {
-            shared.stats.malformed_envelope(e);
+            shared.metrics.malformed_envelope(e);
             if e.is_wake() {
                 warn!(server_id = %lease.server_id(), reason = e.as_str(), "malformed push wake dropped");
             } else {
@@ -144,13 +147,23 @@ fn route(shared: &Shared, lease: &BinaryLease<Peer>, msg: &Bytes) {
         }
     };
     let Some(phone) = lease.route(&env.conn_id) else {
-        shared.stats.unknown_conn_id();
+        shared.metrics.drops.inc(DropReason::UnknownConnId);
         debug!(server_id = %lease.server_id(), "envelope for unknown conn_id dropped");
         return;
     };
     if let Some(frame) = env.frame {
         // A full outbox closes the phone itself (1011 "phone backlog full").
-        let _ = phone.send(msg.slice_ref(frame));
+        match phone.send(msg.slice_ref(frame)) {
+            Ok(()) => {
+                shared
+                    .metrics
+                    .forwarded(Direction::BinaryToPhone, binary.shard(), frame.len())
+            }
+            Err(relay_core::SendError::Full(_)) => {
+                shared.metrics.drops.inc(DropReason::BacklogOverflow)
+            }
+            Err(relay_core::SendError::Closed(_)) => {}
+        }
     }
     if let Some(code) = env.close {
         phone.close_by_binary(Close::requested(code));
@@ -161,7 +174,7 @@ fn route(shared: &Shared, lease: &BinaryLease<Peer>, msg: &Bytes) {
 /// connected; if its first bytes name a phone of this server-id, that phone alone is closed
 /// 1009, after what was queued for it before.
 fn oversize(shared: &Shared, lease: &BinaryLease<Peer>, first: &[u8]) {
-    shared.stats.oversize_binary_message();
+    shared.metrics.drops.inc(DropReason::OversizeMessage);
     let phone = envelope::sniff_conn_id(first).and_then(|id| lease.route(&id));
     match &phone {
         Some(phone) => warn!(
@@ -192,6 +205,23 @@ async fn claim(
                 let evicted = claimed.evicted.len();
                 claimed.apply();
                 let _ = lease.set(claimed.lease.clone());
+                shared
+                    .metrics
+                    .upgrades
+                    .inc(Endpoint::Server, UpgradeOutcome::Accept);
+                match claimed.how {
+                    Installed::Fresh => {}
+                    Installed::Reclaimed => {
+                        shared
+                            .metrics
+                            .reclaims
+                            .inc(match shared.opts.reclaim_policy {
+                                relay_core::ReclaimPolicy::Evict => ReclaimPolicyLabel::Evict,
+                                relay_core::ReclaimPolicy::Inherit => ReclaimPolicyLabel::Inherit,
+                            })
+                    }
+                    Installed::TookOver => Metrics::count(&shared.metrics.takeovers),
+                }
                 match claimed.how {
                     Installed::Fresh => {}
                     Installed::Reclaimed => info!(
@@ -219,6 +249,14 @@ async fn claim(
                     .await
                 {
                     info!(server_id = %server_id, conn_id = %peer.id(), "server-id already claimed by a live binary");
+                    shared
+                        .metrics
+                        .upgrades
+                        .inc(Endpoint::Server, UpgradeOutcome::Reject409);
+                    shared
+                        .metrics
+                        .register_failures
+                        .inc(RegisterFailure::ServerInUse);
                     peer.close(Close::ALREADY_CLAIMED);
                     return;
                 }
@@ -267,6 +305,7 @@ async fn grace_timer(shared: Arc<Shared>, ticket: GraceTicket) {
             Expiry::Stale => return,
             mut expired @ Expiry::Expired(_) => {
                 if let Expiry::Expired(phones) = &expired {
+                    Metrics::count(&shared.metrics.grace_expiries);
                     info!(server_id = %ticket.server_id, phones = phones.len(), "grace period expired");
                 }
                 expired.apply();

@@ -10,6 +10,7 @@ use relay_core::{Close, CloseCode, Conn, Departure, PhoneLease, Registration, Se
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
+use crate::metrics::{Direction, DropReason, Endpoint, RegisterFailure, UpgradeOutcome};
 use crate::shared::Shared;
 use crate::ws::peer::{Peer, Role};
 use crate::ws::reader::{Inbound, Oversize, ReadEnd};
@@ -32,12 +33,22 @@ where
         .registry
         .register_phone(&hello.server_id, peer.clone())
     {
-        Registration::Attached(lease) | Registration::Pending(lease) => Some(lease),
+        Registration::Attached(lease) | Registration::Pending(lease) => {
+            let m = &shared.metrics;
+            m.upgrades.inc(Endpoint::Client, UpgradeOutcome::Accept);
+            Some(lease)
+        }
         Registration::NoServer => {
+            let m = &shared.metrics;
+            m.upgrades.inc(Endpoint::Client, UpgradeOutcome::Reject404);
+            m.register_failures.inc(RegisterFailure::NoServer);
             peer.close(Close::NO_SERVER);
             None
         }
         Registration::TooManyPhones => {
+            let m = &shared.metrics;
+            m.upgrades.inc(Endpoint::Client, UpgradeOutcome::Reject429);
+            m.register_failures.inc(RegisterFailure::PhonesAtCap);
             peer.close(Close::TOO_MANY_PHONES);
             None
         }
@@ -59,7 +70,7 @@ where
         prefix,
         max,
         Oversize::Close,
-        |msg| forward(&peer, lease.as_ref(), msg),
+        |msg| forward(&shared, &peer, lease.as_ref(), msg),
     )
     .await;
     peer.finish();
@@ -76,7 +87,12 @@ where
 }
 
 /// §4.1: check the message is JSON, then send it on (or hold it, during grace).
-async fn forward(peer: &Peer, lease: Option<&PhoneLease<Peer>>, msg: Inbound) -> Result<(), Close> {
+async fn forward(
+    shared: &Shared,
+    peer: &Peer,
+    lease: Option<&PhoneLease<Peer>>,
+    msg: Inbound,
+) -> Result<(), Close> {
     // A phone's reader closes over-size messages itself (§7); it never reports one.
     let Inbound::Message(msg) = msg else {
         return Err(Close::TOO_BIG);
@@ -88,14 +104,27 @@ async fn forward(peer: &Peer, lease: Option<&PhoneLease<Peer>>, msg: Inbound) ->
     match lease.route(msg) {
         ToBinary::Forward { binary, frame } => {
             // Spliced around the phone's own bytes by the binary's writer: no copy (§4.1).
+            let len = frame.len();
             let env = peer.envelope(frame);
             if binary.send_backpressured(env).await.is_err() {
+                shared.metrics.drops.inc(DropReason::BinaryGone);
                 debug!(server_id = %lease.server_id(), "binary gone, phone message dropped");
+            } else {
+                shared
+                    .metrics
+                    .forwarded(Direction::PhoneToBinary, peer.shard(), len);
             }
             Ok(())
         }
-        ToBinary::Held | ToBinary::Dropped | ToBinary::Gone => Ok(()),
-        ToBinary::Overflow => Err(Close::BACKLOG_FULL),
+        ToBinary::Held | ToBinary::Gone => Ok(()),
+        ToBinary::Dropped => {
+            shared.metrics.drops.inc(DropReason::HeldThenDropped);
+            Ok(())
+        }
+        ToBinary::Overflow => {
+            shared.metrics.drops.inc(DropReason::BacklogOverflow);
+            Err(Close::BACKLOG_FULL)
+        }
     }
 }
 

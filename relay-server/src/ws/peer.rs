@@ -11,7 +11,7 @@
 //! full wait ([`Peer::send_backpressured`]) and nothing is dropped.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -82,6 +82,13 @@ impl Role {
             Role::Phone => "phone",
         }
     }
+
+    pub fn label(self) -> crate::metrics::Role {
+        match self {
+            Role::Binary => crate::metrics::Role::Binary,
+            Role::Phone => crate::metrics::Role::Phone,
+        }
+    }
 }
 
 /// Liveness and write limits for one connection (§7).
@@ -102,6 +109,8 @@ pub struct Peer {
 
 pub(super) struct Inner {
     pub(super) id: ConnId,
+    /// Which shard of the per-message counters this connection's reader counts on.
+    pub(super) shard: usize,
     pub(super) role: Role,
     /// Phones: the constant part of their envelopes (§4.1), made once.
     pub(super) envelope_prefix: Bytes,
@@ -150,9 +159,11 @@ impl Peer {
             Role::Phone => envelope::to_binary_prefix(&id),
             Role::Binary => Bytes::new(),
         };
+        static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
         Peer {
             inner: Arc::new(Inner {
                 id,
+                shard: NEXT_SHARD.fetch_add(1, Ordering::Relaxed),
                 role,
                 envelope_prefix,
                 limits,
@@ -178,6 +189,11 @@ impl Peer {
 
     pub fn role(&self) -> Role {
         self.inner.role
+    }
+
+    /// This connection's shard of the per-message counters.
+    pub fn shard(&self) -> usize {
+        self.inner.shard
     }
 
     /// This phone's message `frame` as the envelope its binary gets (§4.1): the phone's bytes

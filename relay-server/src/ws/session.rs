@@ -7,6 +7,7 @@ use bytes::Bytes;
 use relay_core::Close;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::metrics::CloseReason;
 use crate::shared::Shared;
 use crate::ws::peer::{CloseRequest, Peer};
 use crate::ws::reader::{Inbound, MessageReader, Oversize, ReadEnd, ReaderConfig};
@@ -22,6 +23,26 @@ pub struct Ended {
 }
 
 impl Ended {
+    /// How the connection ended, as the `closes_total{reason}` label (§5 rows).
+    pub fn close_reason(&self) -> CloseReason {
+        if let Some(req) = self.relay_close {
+            if req.by_binary {
+                return CloseReason::ByBinary;
+            }
+            return CloseReason::of(req.close);
+        }
+        match self.read {
+            ReadEnd::PeerClosed(_) => CloseReason::PeerClosed,
+            ReadEnd::Vanished => CloseReason::Vanished,
+            ReadEnd::Violation(close) => CloseReason::of(close),
+            ReadEnd::Stopped => match self.writer {
+                WriterEnd::WriteTimeout => CloseReason::WriteTimeout,
+                WriterEnd::Closed(close) => CloseReason::of(close),
+                WriterEnd::Failed => CloseReason::Vanished,
+            },
+        }
+    }
+
     /// The close code and a short reason for the disconnect log line (§10 fields
     /// `close_code`, `reason`): our close if we sent one first, else the peer's.
     pub fn log_fields(&self) -> (u16, &'static str) {
@@ -109,11 +130,15 @@ where
     }
     let writer_end = writer.await.unwrap_or(WriterEnd::Failed);
     drop(reader);
-    Ended {
+    let ended = Ended {
         read: end,
         relay_close,
         writer: writer_end,
-    }
+    };
+    shared
+        .metrics
+        .closed(peer.role().label(), ended.close_reason());
+    ended
 }
 
 async fn drain<R: AsyncRead + Unpin>(reader: &mut MessageReader<R>, peer: &Peer) {

@@ -12,6 +12,8 @@ use tokio::task::JoinHandle;
 
 pub struct TestRelay {
     pub addr: SocketAddr,
+    /// The relay's `/metrics` listener (§10), on an ephemeral loopback port.
+    pub metrics_addr: SocketAddr,
     pub shared: Arc<Shared>,
     pub shutdown: ShutdownHandle,
     pub join: JoinHandle<bool>,
@@ -46,9 +48,16 @@ pub async fn start(opts: RelayOptions) -> TestRelay {
     let addr = relay.local_addr().unwrap();
     let shared = relay.shared();
     let shutdown = relay.shutdown_handle();
+    let metrics =
+        relay_server::metrics::serve::MetricsListener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind the metrics listener");
+    let metrics_addr = metrics.local_addr().unwrap();
+    tokio::spawn(metrics.run(shared.clone()));
     let join = tokio::spawn(relay.run());
     TestRelay {
         addr,
+        metrics_addr,
         shared,
         shutdown,
         join,
@@ -78,6 +87,101 @@ pub async fn binary_for(relay: &TestRelay, server_id: &str) -> FakeBinary {
     })
     .await;
     binary
+}
+
+/// One scrape of `/metrics`: every sample, by its name and labels as printed.
+#[derive(Clone, Debug, Default)]
+pub struct Scrape(pub std::collections::BTreeMap<String, f64>);
+
+impl Scrape {
+    pub async fn of(relay: &TestRelay) -> Scrape {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(relay.metrics_addr)
+            .await
+            .expect("connect to /metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8(raw).expect("UTF-8 scrape");
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/openmetrics-text"),
+            "{head}"
+        );
+        Scrape::parse(body)
+    }
+
+    pub fn parse(body: &str) -> Scrape {
+        let mut map = std::collections::BTreeMap::new();
+        for line in body.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (name, value) = line.rsplit_once(' ').expect("sample value");
+            map.insert(name.to_owned(), value.parse().expect("numeric sample"));
+        }
+        Scrape(map)
+    }
+
+    pub fn get(&self, sample: &str) -> f64 {
+        *self
+            .0
+            .get(sample)
+            .unwrap_or_else(|| panic!("no sample {sample} in the scrape"))
+    }
+
+    /// Counters (`_total`) that changed since `before`, with their deltas; process CPU time
+    /// is left out (it moves by itself).
+    pub fn moved_since(&self, before: &Scrape) -> std::collections::BTreeMap<String, f64> {
+        self.0
+            .iter()
+            .filter(|(k, _)| {
+                let name = k.split('{').next().unwrap_or(k);
+                name.ends_with("_total") && name != "process_cpu_seconds_total"
+            })
+            .filter_map(|(k, v)| {
+                let d = v - before.0.get(k).copied().unwrap_or(0.0);
+                (d != 0.0).then(|| (k.clone(), d))
+            })
+            .collect()
+    }
+}
+
+/// Waits until every counter of `expected` has moved by its delta since `before`, then checks
+/// that nothing else moved and that the listed gauges (names without `_total`) moved by theirs.
+pub async fn assert_moved(relay: &TestRelay, before: &Scrape, expected: &[(&str, f64)]) -> Scrape {
+    let want: std::collections::BTreeMap<String, f64> =
+        expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let gauge = |k: &str| !k.split('{').next().unwrap_or(k).ends_with("_total");
+    let mut last = None;
+    for _ in 0..500 {
+        let now = Scrape::of(relay).await;
+        let counters_ok = want.iter().filter(|(k, _)| !gauge(k)).all(|(k, v)| {
+            now.0.get(k).copied().unwrap_or(0.0) - before.0.get(k).copied().unwrap_or(0.0) == *v
+        });
+        let gauges_ok = want
+            .iter()
+            .filter(|(k, _)| gauge(k))
+            .all(|(k, v)| now.get(k) - before.get(k) == *v);
+        if counters_ok && gauges_ok {
+            let moved = now.moved_since(before);
+            let counters: std::collections::BTreeMap<String, f64> =
+                want.into_iter().filter(|(k, _)| !gauge(k)).collect();
+            assert_eq!(moved, counters, "exactly these counters moved");
+            return now;
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let now = last.unwrap();
+    panic!(
+        "metrics did not reach {expected:?}; counters moved: {:?}",
+        now.moved_since(before)
+    );
 }
 
 pub mod process;

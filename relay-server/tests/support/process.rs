@@ -18,6 +18,8 @@ pub fn relay(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(RELAY);
     cmd.args(args)
         .env_clear()
+        // Tests run relays side by side: none takes the default metrics port unless asked.
+        .env("PYRYCODE_RELAY_METRICS_LISTEN", "")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -138,12 +140,13 @@ impl Running {
     /// Parses the §10 startup line `listening addr=IP:PORT mode=MODE`.
     pub async fn listening(&mut self) -> SocketAddr {
         let line = self.wait_lines(&["listening addr="], 1).await.remove(0);
-        let start = line.find("addr=").expect("addr=") + 5;
-        line[start..]
-            .split_whitespace()
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line}"))
+        field(&line, "addr").unwrap_or_else(|| panic!("no address in {line}"))
+    }
+
+    /// The `/metrics` address on the startup line (`metrics_addr=IP:PORT`), when serving.
+    pub async fn metrics_addr(&mut self) -> SocketAddr {
+        let line = self.wait_lines(&["listening addr="], 1).await.remove(0);
+        field(&line, "metrics_addr").unwrap_or_else(|| panic!("no metrics_addr in {line}"))
     }
 
     pub fn signal(&self, sig: &str) {
@@ -174,6 +177,36 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// The value of ` name=VALUE` on a text log line, parsed.
+fn field<T: std::str::FromStr>(line: &str, name: &str) -> Option<T> {
+    let key = format!(" {name}=");
+    let start = line.find(&key)? + key.len();
+    line[start..].split_whitespace().next()?.parse().ok()
+}
+
+/// One `GET /metrics` from `addr`: the value of every sample, by name and labels as printed.
+pub async fn scrape(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to /metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).expect("UTF-8 scrape");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 impl Drop for Running {
