@@ -19,7 +19,8 @@ use relay_core::headers::{self, HeaderError};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::metrics::{AdmissionLimit, Endpoint as EndpointLabel, UpgradeOutcome};
+use crate::admission::ip::Refusal;
+use crate::metrics::{AdmissionLimit, Endpoint as EndpointLabel, RegisterFailure, UpgradeOutcome};
 use crate::roles::binary::{self, BinaryHello};
 use crate::roles::phone::{self, PhoneHello};
 use crate::shared::Shared;
@@ -81,6 +82,33 @@ fn healthz(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
     r
 }
 
+/// The client's address for §8 and the logs: the socket peer (or the PROXY v2 source the
+/// listener put there), or, with `--trust-x-forwarded-for`, the left-most `X-Forwarded-For`
+/// entry (port 0). A missing or unparsable entry falls back to the socket peer.
+fn client_addr<B>(req: &Request<B>, shared: &Shared, peer: SocketAddr) -> SocketAddr {
+    if !shared.opts.trust_x_forwarded_for {
+        return peer;
+    }
+    req.headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|first| parse_forwarded_ip(first.trim()))
+        .map_or(peer, |ip| SocketAddr::new(ip, 0))
+}
+
+/// `1.2.3.4`, `2001:db8::1`, `[2001:db8::1]`, or either with a port.
+fn parse_forwarded_ip(raw: &str) -> Option<std::net::IpAddr> {
+    raw.parse()
+        .ok()
+        .or_else(|| raw.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            raw.strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.parse().ok())
+        })
+}
+
 /// The one value of a header; a repeated header is refused as ambiguous.
 fn single<'a>(
     req: &'a Request<Incoming>,
@@ -131,6 +159,7 @@ fn check_headers(
     })
 }
 
+#[allow(clippy::too_many_lines)]
 fn upgrade(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
@@ -151,9 +180,38 @@ fn upgrade(
             StatusCode::SERVICE_UNAVAILABLE,
         );
     }
-    // §2 order: (host check, per-IP limits: later issues) → global cap → headers → upgrade.
+    // §2 order: host check → per-IP limits → global cap → headers → upgrade.
+    let remote = client_addr(&req, &shared, remote);
+    let ip_slot = match shared.per_ip.admit(remote.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let (limit, outcome, what) = match refusal {
+                Refusal::Rate => (
+                    AdmissionLimit::RatePerIp,
+                    UpgradeOutcome::RejectRateLimit,
+                    "per-IP upgrade rate",
+                ),
+                Refusal::Connections => (
+                    AdmissionLimit::ConnectionsPerIp,
+                    UpgradeOutcome::RejectIpConnections,
+                    "per-IP connection cap",
+                ),
+            };
+            shared.metrics.admission_refusals.inc(limit);
+            shared
+                .metrics
+                .register_failures
+                .inc(RegisterFailure::RateLimit);
+            if let Some(suppressed) = shared.refusal_log.allow() {
+                warn!(path = %path, remote = %remote, reason = what, suppressed, "upgrade refused: 429");
+            }
+            return refuse(outcome, StatusCode::TOO_MANY_REQUESTS);
+        }
+    };
     let Ok(slot) = shared.conn_slots.clone().try_acquire_owned() else {
-        warn!(path = %path, remote = %remote, "connection cap reached, upgrade refused");
+        if let Some(suppressed) = shared.refusal_log.allow() {
+            warn!(path = %path, remote = %remote, suppressed, "connection cap reached, upgrade refused: 503");
+        }
         shared
             .metrics
             .admission_refusals
@@ -189,6 +247,7 @@ fn upgrade(
     };
     tokio::spawn(async move {
         let _slot = slot;
+        let _ip_slot = ip_slot;
         let ws = match fut.await {
             Ok(ws) => ws,
             Err(e) => {

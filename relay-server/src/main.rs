@@ -1,8 +1,15 @@
 //! `relay-server`: parse the command line (exit 2 on a boot error, before binding anything),
 //! bind (exit 1 on failure), print the startup line, serve until SIGTERM or SIGINT, drain,
 //! exit 0.
+//!
+//! Exit always happens: the drain is bounded by `--shutdown-timeout`, whatever is still
+//! running after it (writers stuck on full sockets, peers that never answer the close) is
+//! dropped within half a second, and the log sink gets at most `logging::FLUSH_WAIT`.
 
 use std::process::ExitCode;
+use std::time::Duration;
+
+use relay_server::logging::stderr_line;
 
 use relay_server::config::{self, ListenMode};
 use relay_server::push::PushSettings;
@@ -11,18 +18,23 @@ use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     let config = config::load();
-    relay_server::logging::init(config.ops.log_format);
+    let logs = relay_server::logging::init(config.ops.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("relay-server: cannot start the async runtime: {e}");
+            stderr_line(&format!(
+                "relay-server: cannot start the async runtime: {e}"
+            ));
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(config))
+    let code = runtime.block_on(serve(config));
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    logs.flush();
+    code
 }
 
 async fn serve(config: config::Config) -> ExitCode {
@@ -30,10 +42,10 @@ async fn serve(config: config::Config) -> ExitCode {
         ListenMode::Development(addr) | ListenMode::Insecure(addr) => *addr,
         // config.rs refuses the TLS modes at boot until they are implemented.
         other => {
-            eprintln!(
+            stderr_line(&format!(
                 "relay-server: listener mode {} is not available in this build",
                 other.name()
-            );
+            ));
             return ExitCode::from(2);
         }
     };
@@ -52,14 +64,14 @@ async fn serve(config: config::Config) -> ExitCode {
         Ok(relay) => relay,
         Err(e) => {
             error!(addr = %addr, err = %e, "cannot bind listener");
-            eprintln!("relay-server: cannot listen on {addr}: {e}");
+            stderr_line(&format!("relay-server: cannot listen on {addr}: {e}"));
             return ExitCode::from(1);
         }
     };
     let bound = match relay.local_addr() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("relay-server: cannot read the bound address: {e}");
+            stderr_line(&format!("relay-server: cannot read the bound address: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -73,7 +85,9 @@ async fn serve(config: config::Config) -> ExitCode {
             }
             Err(e) => {
                 error!(addr = %addr, err = %e, "cannot bind the metrics listener");
-                eprintln!("relay-server: cannot listen on {addr} for metrics: {e}");
+                stderr_line(&format!(
+                    "relay-server: cannot listen on {addr} for metrics: {e}"
+                ));
                 return ExitCode::from(1);
             }
         },

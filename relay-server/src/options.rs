@@ -29,6 +29,13 @@ pub struct RelayOptions {
     pub shutdown_timeout: Duration,
     /// Bytes held for peers relay-wide (§8 memory budget).
     pub max_buffered_bytes: usize,
+    /// §8 per-IP limits.
+    pub rate_limit_per_minute: u32,
+    pub rate_limit_burst: u32,
+    pub max_connections_per_ip: usize,
+    pub ipv6_prefix_len: u8,
+    /// Take the client IP from the left-most `X-Forwarded-For` entry (§8).
+    pub trust_x_forwarded_for: bool,
     /// Push wake (§4.4): `None` is off. Loaded at boot by [`PushSettings::load`] (it reads
     /// the key), so `From<&Config>` leaves it `None` and `main` fills it in.
     pub push: Option<PushSettings>,
@@ -52,6 +59,11 @@ impl Default for RelayOptions {
             header_read_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             max_buffered_bytes: 1 << 30,
+            rate_limit_per_minute: 10,
+            rate_limit_burst: 20,
+            max_connections_per_ip: 64,
+            ipv6_prefix_len: 64,
+            trust_x_forwarded_for: false,
             push: None,
         }
     }
@@ -92,6 +104,11 @@ impl From<&crate::config::Config> for RelayOptions {
             header_read_timeout: c.admission.header_read_timeout,
             shutdown_timeout: c.ops.shutdown_timeout,
             max_buffered_bytes: c.admission.max_buffered_bytes,
+            rate_limit_per_minute: c.admission.rate_limit_per_minute,
+            rate_limit_burst: c.admission.rate_limit_burst,
+            max_connections_per_ip: c.admission.max_connections_per_ip,
+            ipv6_prefix_len: c.admission.ipv6_prefix_len,
+            trust_x_forwarded_for: c.admission.trust_x_forwarded_for,
             push: None,
         }
     }

@@ -83,6 +83,7 @@ impl Relay {
                 .clone()
                 .run(shared.budget.clone(), shutdown_tx.subscribe()),
         );
+        tokio::spawn(sweep_idle_ips(shared.clone()));
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -147,5 +148,19 @@ async fn serve_http(shared: Arc<Shared>, stream: tokio::net::TcpStream, remote: 
     };
     if let Err(e) = result {
         debug!(remote = %remote, err = %e, "http connection ended with an error");
+    }
+}
+
+/// Forgets per-IP rate state that has refilled, so the limiter's memory stays bounded however
+/// many addresses knock (§8).
+async fn sweep_idle_ips(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => shared.per_ip.sweep(),
+            _ = crate::shared::shutdown_signalled(&mut shutdown) => return,
+        }
     }
 }

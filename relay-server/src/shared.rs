@@ -7,6 +7,7 @@ use relay_core::{Registry, RegistryConfig, SystemClock};
 use tokio::sync::{watch, Semaphore};
 
 use crate::admission::budget::Budget;
+use crate::admission::ip::{IpLimits, PerIp};
 use crate::admission::shed::Outboxes;
 use crate::metrics::Metrics;
 use crate::options::RelayOptions;
@@ -26,6 +27,10 @@ pub struct Shared {
     pub budget: Arc<Budget>,
     /// Live phone outboxes, for the budget's shedder.
     pub outboxes: Arc<Outboxes>,
+    /// Per-client-IP rate and live caps (§8).
+    pub per_ip: Arc<PerIp>,
+    /// Refusals log at most a few lines a second.
+    pub refusal_log: crate::logging::throttle::SharedThrottle,
     /// Push wake (§4.4): off unless `opts.push` carries settings.
     pub push: PushService,
 }
@@ -48,6 +53,13 @@ impl Shared {
             conn_slots: Arc::new(Semaphore::new(opts.max_connections)),
             budget: Budget::new(opts.max_buffered_bytes),
             outboxes: Arc::default(),
+            per_ip: PerIp::new(IpLimits {
+                per_minute: opts.rate_limit_per_minute,
+                burst: opts.rate_limit_burst,
+                max_connections: opts.max_connections_per_ip,
+                v6_prefix: opts.ipv6_prefix_len,
+            }),
+            refusal_log: Default::default(),
             opts,
             shutdown,
             started: Instant::now(),

@@ -5,18 +5,12 @@
 //! Children run with an empty environment, so a `PYRYCODE_RELAY_*` variable of the calling
 //! shell cannot change what a test sees.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod support;
+
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use relay_testkit::client::{fresh_server_id, FakeBinary, FakePhone};
-
-const RELAY: &str = env!("CARGO_BIN_EXE_relay-server");
-
-/// How long any child gets to reach the state a test waits for.
-const PATIENCE: Duration = Duration::from_secs(10);
+use support::real::{hold_a_port, relay, round_trip, run_to_exit, Running, PATIENCE};
 
 /// Every flag protocol.md names (§2–§10), in case the file is not beside the repository.
 const CONTRACT_FLAGS: &[&str] = &[
@@ -66,70 +60,6 @@ const CONTRACT_FLAGS: &[&str] = &[
     "--trust-x-forwarded-for",
     "--write-timeout",
 ];
-
-fn relay(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(RELAY);
-    cmd.args(args)
-        .env_clear()
-        // Tests run relays side by side: none takes the default metrics port unless asked.
-        .env("PYRYCODE_RELAY_METRICS_LISTEN", "")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// A finished child: exit code and everything it printed.
-#[derive(Debug)]
-struct Exited {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs a command that is expected to exit on its own; kills it and fails if it does not.
-fn run_to_exit(mut cmd: Command) -> Exited {
-    let mut child = cmd.spawn().expect("spawn relay-server");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if started.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("relay-server did not exit: it started serving instead");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    Exited {
-        code: status.code(),
-        stdout,
-        stderr,
-    }
-}
-
-/// A port nobody else can bind while this lives.
-fn hold_a_port() -> (TcpListener, String) {
-    let held = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    let addr = held.local_addr().unwrap().to_string();
-    (held, addr)
-}
 
 /// §10: a boot error prints one clear line to stderr and exits 2 before binding anything.
 /// `{held}` in `args` becomes the address of a port this test holds: a relay that bound
@@ -334,127 +264,6 @@ fn help_documents_every_contract_flag_with_its_default_and_env_var() {
         );
         assert!(entry.contains(&var), "{flag} names {var}:\n{entry}");
     }
-}
-
-/// A running relay-server: stderr lines arrive through a channel; killed on drop.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut child = relay(args, env).spawn().expect("spawn relay-server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        // Keeps draining stderr for the child's whole life, so logging never blocks it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next stderr line containing `needle`, or `None` if stderr ended first.
-    fn line_with(&mut self, needle: &str) -> Option<String> {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return Some(line.clone());
-        }
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return Some(line);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "no stderr line with {needle:?} in time; saw {:?}",
-                        self.seen
-                    )
-                }
-            }
-        }
-    }
-
-    /// Parses `listening addr=IP:PORT mode=MODE` (§10 startup line).
-    fn listening(&mut self) -> (SocketAddr, String) {
-        let line = self
-            .line_with("listening addr=")
-            .unwrap_or_else(|| panic!("relay-server exited before listening: {:?}", self.seen));
-        let field = |name: &str| -> String {
-            let start = line.find(&format!("{name}=")).expect(name) + name.len() + 1;
-            line[start..]
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let addr = field("addr").parse().expect("addr=IP:PORT");
-        (addr, field("mode"))
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig}");
-    }
-
-    /// Waits for the child to exit on its own and returns its exit code.
-    async fn exit_code(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "relay-server still running after {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A fake binary and phone through the relay at `addr`, a message each way.
-async fn round_trip(addr: SocketAddr) -> (FakeBinary, FakePhone) {
-    let id = fresh_server_id();
-    let mut binary = FakeBinary::connect(addr, &id)
-        .await
-        .expect("binary upgrades");
-    let mut phone = FakePhone::connect(addr, &id).await.expect("phone upgrades");
-    phone.send_text(r#"{"hello": "binary"}"#).await.unwrap();
-    let env = binary.recv_envelope().await.unwrap();
-    assert_eq!(env.frame(), Some(r#"{"hello": "binary"}"#));
-    binary
-        .send_to(&env.conn_id, r#"{"hello":"phone"}"#)
-        .await
-        .unwrap();
-    assert_eq!(phone.recv_text().await.unwrap(), r#"{"hello":"phone"}"#);
-    (binary, phone)
 }
 
 #[tokio::test]

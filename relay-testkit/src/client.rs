@@ -284,6 +284,7 @@ pub struct ClientBuilder<C> {
     headers: Vec<(String, Vec<u8>)>,
     timeout: Duration,
     recv_buffer_size: Option<u32>,
+    source: Option<std::net::IpAddr>,
     role: PhantomData<fn() -> C>,
 }
 
@@ -299,6 +300,7 @@ impl<C> ClientBuilder<C> {
                 .collect(),
             timeout: DEFAULT_TIMEOUT,
             recv_buffer_size: None,
+            source: None,
             role: PhantomData,
         }
     }
@@ -370,6 +372,12 @@ impl<C> ClientBuilder<C> {
         self
     }
 
+    /// Connects from this local address (e.g. `127.0.0.2`), for per-IP limit tests (§8).
+    pub fn source(mut self, ip: std::net::IpAddr) -> Self {
+        self.source = Some(ip);
+        self
+    }
+
     /// `SO_RCVBUF` before connecting: a client that then stops reading backs the relay up
     /// after a few KiB instead of megabytes.
     pub fn recv_buffer_size(mut self, bytes: u32) -> Self {
@@ -402,6 +410,11 @@ impl<C> ClientBuilder<C> {
             if let Some(size) = self.recv_buffer_size {
                 socket
                     .set_recv_buffer_size(size)
+                    .map_err(|e| ClientError::Upgrade(e.into()))?;
+            }
+            if let Some(ip) = self.source {
+                socket
+                    .bind(SocketAddr::new(ip, 0))
                     .map_err(|e| ClientError::Upgrade(e.into()))?;
             }
             let stream = socket

@@ -509,6 +509,8 @@ pub struct RawOptions {
     pub recv_buffer_size: Option<u32>,
     /// Replaces the `Host` header (default: the socket address), for 421 tests.
     pub host: Option<String>,
+    /// Local address to connect from (e.g. 127.0.0.2), for per-IP limit tests.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Default for RawOptions {
@@ -517,6 +519,7 @@ impl Default for RawOptions {
             timeout: DEFAULT_TIMEOUT,
             recv_buffer_size: None,
             host: None,
+            source: None,
         }
     }
 }
@@ -567,6 +570,9 @@ impl RawClient {
             };
             if let Some(size) = options.recv_buffer_size {
                 socket.set_recv_buffer_size(size)?;
+            }
+            if let Some(ip) = options.source {
+                socket.bind(SocketAddr::new(ip, 0))?;
             }
             let mut stream = socket.connect(addr).await?;
             stream.set_nodelay(true)?;

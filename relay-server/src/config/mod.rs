@@ -160,7 +160,7 @@ impl Feature {
             Feature::Tls => false,
             Feature::Acme => false,
             Feature::Metrics => true,
-            Feature::RateLimits => false,
+            Feature::RateLimits => true,
             Feature::HandshakeTimeout => false,
             Feature::MemoryBudget => true,
             Feature::Push => true,
@@ -346,11 +346,11 @@ pub fn load() -> Config {
         Ok(config) => config,
         Err(BootError::Usage(err)) if !err.use_stderr() => err.exit(),
         Err(BootError::Usage(err)) => {
-            eprintln!("relay-server: {}", usage_line(&err));
+            crate::logging::stderr_line(&format!("relay-server: {}", usage_line(&err)));
             std::process::exit(2)
         }
         Err(err) => {
-            eprintln!("relay-server: {err}");
+            crate::logging::stderr_line(&format!("relay-server: {err}"));
             std::process::exit(2)
         }
     }

@@ -283,7 +283,7 @@ fn snapshot(shared: &Shared) -> Snapshot {
     s.counter(
         "pyrycode_relay_log_lines_dropped",
         "Log lines dropped because the log sink was full or gone.",
-        Metrics::read(&m.log_lines_dropped),
+        crate::logging::dropped_lines(),
     );
     s.by(
         "pyrycode_relay_panics",

@@ -130,7 +130,6 @@ pub struct Metrics {
     pub certificate_expiry: AtomicI64,
     pub cluster_ops: ByTwo<ClusterOp, ClusterOutcome>,
     pub cluster_forwarded: ByLabel<ForwardOutcome>,
-    pub log_lines_dropped: AtomicU64,
     pub panics: ByLabel<PanicPoint>,
 }
 

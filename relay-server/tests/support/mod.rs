@@ -1,6 +1,8 @@
 //! Starts a relay in-process on an ephemeral port, with short timings, for end-to-end tests.
 #![allow(dead_code)]
 
+pub mod real;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,10 @@ pub fn fast_opts() -> RelayOptions {
         message_read_timeout: Duration::from_secs(5),
         write_timeout: Duration::from_secs(2),
         shutdown_timeout: Duration::from_secs(3),
+        // Every test client comes from 127.0.0.1: per-IP limits are tested on their own.
+        rate_limit_per_minute: 1_000_000,
+        rate_limit_burst: 1_000_000,
+        max_connections_per_ip: 1_000_000,
         ..RelayOptions::default()
     }
 }

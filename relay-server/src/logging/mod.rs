@@ -19,10 +19,25 @@
 //! - raw header maps (`{:?}` of a request or its `HeaderMap`);
 //! - full `User-Agent` strings.
 //!
-//! Header values rejected at validation are logged without the value (§2).
-//! This module cannot enforce the rule (tracing fields are free-form); call sites must.
+//! Header values rejected at validation are logged without the value (§2). The rule is
+//! enforced by a test layer that watches every event the e2e suite emits
+//! (`relay-server/tests/support/hygiene.rs`).
+//!
+//! # Logging cannot hurt the relay (issue 11)
+//!
+//! Events are formatted on the emitting thread into a bounded, lossy channel
+//! (tracing-appender); one writer thread writes them to stderr. A full channel (a log reader
+//! that stopped reading) drops the line; a failed write (EPIPE: the reader went away) drops the
+//! line. Both are counted ([`dropped_lines`], `pyrycode_relay_log_lines_dropped_total`), neither
+//! blocks or panics anything, and shutdown waits for the writer at most [`FLUSH_WAIT`].
+//! Nothing after boot writes to stderr directly ([`stderr_line`] never panics either).
 
-use std::io::IsTerminal;
+pub mod throttle;
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -52,20 +67,102 @@ pub const FIELD_ALLOWLIST: &[&str] = &[
 /// Level used when `RUST_LOG` is unset, empty or invalid.
 const DEFAULT_FILTER: &str = "info";
 
-/// Installs the global subscriber writing to stderr. Call once, first thing in `main`.
+/// Lines waiting for the writer thread before new ones are dropped.
+const QUEUE_LINES: usize = 8192;
+/// Longest shutdown waits for queued lines to be written.
+pub const FLUSH_WAIT: Duration = Duration::from_millis(300);
+
+/// Lines whose write to stderr failed.
+static FAILED_WRITES: AtomicU64 = AtomicU64::new(0);
+/// The lossy channel's own count of lines it had to drop.
+static QUEUE: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped so far: the sink was full, or gone.
+pub fn dropped_lines() -> u64 {
+    let queued = QUEUE.get().map_or(0, |c| c.dropped_lines() as u64);
+    queued + FAILED_WRITES.load(Ordering::Relaxed)
+}
+
+/// stderr as the writer thread sees it: a failed write is counted and forgotten.
+struct Sink;
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::io::stderr().write_all(buf).is_err() {
+            FAILED_WRITES.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Keeps the log writer thread; [`LogGuard::flush`] at exit.
+pub struct LogGuard(Option<tracing_appender::non_blocking::WorkerGuard>);
+
+impl LogGuard {
+    /// Gives the writer thread at most [`FLUSH_WAIT`] to write what is queued. The guard is
+    /// dropped on a thread of its own: tracing-appender's drop can wait a second and prints
+    /// with `println!` when it times out, neither of which may hold up or crash the exit.
+    pub fn flush(mut self) {
+        let Some(guard) = self.0.take() else { return };
+        let (done, wait) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(move || {
+                drop(guard);
+                let _ = done.send(());
+            });
+        if spawned.is_ok() {
+            let _ = wait.recv_timeout(FLUSH_WAIT);
+        }
+    }
+}
+
+/// One line to stderr from `main` (boot and bind errors): never panics, never blocks long.
+pub fn stderr_line(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Installs the global subscriber writing to stderr through the lossy writer thread. Call
+/// once, first thing in `main`, and keep the guard until exit.
 ///
 /// A second call keeps the first subscriber (tests may race to install one), and an invalid
 /// `RUST_LOG` falls back to `info` with a warning rather than failing the boot.
-pub fn init(format: LogFormat) {
+pub fn init(format: LogFormat) -> LogGuard {
     let rust_log = std::env::var("RUST_LOG").ok();
     let (filter, filter_err) = filter_from(rust_log.as_deref());
     let ansi = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUE_LINES)
+        .thread_name("log-writer")
+        .finish(Sink);
+    let _ = QUEUE.set(writer.error_counter());
     // Err only means a subscriber is already installed; keeping it is the right outcome.
-    let _ = subscriber(format, filter, std::io::stderr, ansi).try_init();
+    let _ = subscriber(format, filter, writer, ansi).try_init();
     if let Some(err) = filter_err {
         tracing::warn!(err = %err, "RUST_LOG is not a valid filter; logging at info");
     }
+    install_panic_hook();
+    LogGuard(Some(guard))
+}
+
+/// A panic is logged once, through the same lossy sink, with where it happened and never
+/// its message (which could quote data). The default hook would write to stderr directly.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(err = %at, reason = thread.name().unwrap_or("unnamed"), "a task panicked");
+    }));
 }
 
 /// The filter for a `RUST_LOG` value, plus the parse error when it had to fall back.
@@ -92,7 +189,9 @@ where
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        // Its internal error report writes to stderr with eprintln!, which panics on EPIPE.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => Box::new(builder.finish()),
         // Flattened so fields sit next to "message" rather than under a "fields" object,
