@@ -4,6 +4,7 @@
 #
 #   benches/compare.sh                  full comparison (3 runs of every scenario)
 #   benches/compare.sh --smoke          a few seconds per scenario; checks no loss, not speed (CI)
+#   benches/compare.sh --tls            the same over TLS: relay --dev-tls vs echo-server's TLS
 #
 # Every server is started fresh for each measurement (so RSS and allocator state never carry
 # over) on a free port parsed from its `listening addr=` line, and killed on exit.
@@ -18,6 +19,9 @@ usage: benches/compare.sh [options]
   --idle-hold D       how long idle connections are held before measuring (default 5s)
   --scenarios LIST    comma-separated subset of: closed-64,closed-16k,open-2000,idle
   --smoke             small, short runs of every scenario; fails on any loss or error
+  --tls               both servers speak TLS (relay --dev-tls, echo-server --tls-cert-out);
+                      RELAY_BENCH_TLS_SPLIT=tokio in the environment makes the relay split
+                      TLS connections with tokio::io::split instead of its own split
   --no-build          use the binaries already in target/release
   -h, --help          this text
 Extra relay flags can be given in RELAY_ARGS (word-split), e.g. RELAY_ARGS="--write-timeout 20s".
@@ -31,6 +35,7 @@ idle_hold=5s
 scenarios="closed-64,closed-16k,open-2000,idle"
 smoke=0
 build=1
+tls=0
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -40,6 +45,7 @@ while [ $# -gt 0 ]; do
     --idle-hold) idle_hold=${2:?--idle-hold needs a value}; shift 2 ;;
     --scenarios) scenarios=${2:?--scenarios needs a value}; shift 2 ;;
     --smoke) smoke=1; shift ;;
+    --tls) tls=1; shift ;;
     --no-build) build=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "compare.sh: unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -115,6 +121,7 @@ relay_extra=(${RELAY_ARGS:-})
 server_pid=
 server_addr=
 server_log=
+server_ca=
 
 # start_server relay|echo: starts a fresh server, sets server_pid, server_addr and server_log.
 start_server() {
@@ -122,9 +129,15 @@ start_server() {
   for attempt in 1 2 3 4 5 6 7 8; do
     server_log="$tmp/$kind.$RANDOM.log"
     : >"$server_log" # exists before the background child gets to its redirection
-    if [ "$kind" = relay ]; then
+    server_ca="$tmp/$kind.$RANDOM.pem"
+    if [ "$kind" = relay ] && [ "$tls" = 1 ]; then
+      "$bin/relay-server" --dev-tls --https-listen 127.0.0.1:0 --dev-tls-cert-out "$server_ca" \
+        "${relay_opt[@]}" "${relay_extra[@]}" 2>"$server_log" &
+    elif [ "$kind" = relay ]; then
       "$bin/relay-server" --insecure-listen 127.0.0.1:0 "${relay_opt[@]}" "${relay_extra[@]}" \
         2>"$server_log" &
+    elif [ "$tls" = 1 ]; then
+      "$bin/echo-server" --listen 127.0.0.1:0 --tls-cert-out "$server_ca" 2>"$server_log" &
     else
       "$bin/echo-server" --listen 127.0.0.1:0 2>"$server_log" &
     fi
@@ -240,6 +253,7 @@ measure() {
   # shellcheck disable=SC2207 # scenario args are plain words
   args=($(scenario_args "$s"))
   [ "$target" = direct ] && direct=(--direct)
+  [ "$tls" = 1 ] && direct+=(--tls-ca "$server_ca")
   [ "$s" = idle ] && args+=(--relay-pid "$server_pid")
   rc=0
   "$bin/relay-load" --addr "$server_addr" "${direct[@]}" --quiet --json "${args[@]}" >"$out" 2>"$err" || rc=$?

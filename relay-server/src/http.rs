@@ -1,5 +1,5 @@
-//! HTTP before the upgrade (protocol.md §2, §8, §10): routes, the global connection cap,
-//! header rules, the WebSocket upgrade, and `/healthz`.
+//! HTTP before the upgrade (protocol.md §2, §8, §9, §10): routes, the Host check of the TLS
+//! modes, the global connection cap, header rules, the WebSocket upgrade, and `/healthz`.
 //!
 //! Every refusal here is an HTTP status with an empty body. Once upgraded, every registry
 //! decision is a WebSocket close code instead (the binary retries HTTP errors but treats 4409
@@ -16,10 +16,12 @@ use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use relay_core::headers::{self, HeaderError};
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::admission::ip::Refusal;
+use crate::listen::host::{host_allowed, AllowedHosts};
+use crate::listen::stats::PreUpgrade;
+use crate::listen::stream::ServerStream;
 use crate::metrics::{AdmissionLimit, Endpoint as EndpointLabel, RegisterFailure, UpgradeOutcome};
 use crate::roles::binary::{self, BinaryHello};
 use crate::roles::phone::{self, PhoneHello};
@@ -31,6 +33,16 @@ fn empty(status: StatusCode) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = status;
     r
+}
+
+/// What the HTTP layer knows about the connection a request came on.
+#[derive(Clone)]
+pub struct ConnInfo {
+    /// The client's address: the PROXY v2 source when the listener requires one (§9), else
+    /// the socket peer. Logs (`remote=`) and §8 admission use this, never the socket peer.
+    pub remote: SocketAddr,
+    /// The names a TLS listener serves (the Host check, §9); `None` on plain listeners.
+    pub hosts: Option<Arc<dyn AllowedHosts>>,
 }
 
 #[derive(Clone, Copy)]
@@ -51,13 +63,35 @@ impl Endpoint {
 pub async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
-    remote: SocketAddr,
+    conn: ConnInfo,
 ) -> Result<Response<Body>, Infallible> {
+    let remote = conn.remote;
+    if req.uri().path() == "/healthz" {
+        // Not Host-checked: health checkers (Fly, load balancers) dial the address, not the
+        // name, and the counts it shows are no secret (docs/operations.md, "Host check").
+        return Ok(healthz(&req, &shared));
+    }
     let endpoint = match req.uri().path() {
-        "/healthz" => return Ok(healthz(&req, &shared)),
-        "/v1/server" | "/v2/server" => Endpoint::Server,
-        "/v1/client" | "/v2/client" => Endpoint::Client,
-        _ => return Ok(empty(StatusCode::NOT_FOUND)),
+        "/v1/server" | "/v2/server" => Some(Endpoint::Server),
+        "/v1/client" | "/v2/client" => Some(Endpoint::Client),
+        _ => None,
+    };
+    // §2: first of all checks in TLS modes, before routing, so a wrong name learns nothing.
+    if let Some(hosts) = &conn.hosts {
+        let values = req.headers().get_all(hyper::header::HOST).iter();
+        if !host_allowed(hosts.as_ref(), values.map(HeaderValue::as_bytes)) {
+            shared.listen_stats.record(PreUpgrade::HostRefused);
+            if let Some(endpoint) = endpoint {
+                let m = &shared.metrics;
+                m.upgrades.inc(endpoint.label(), UpgradeOutcome::RejectHost);
+            }
+            // Debug, not info: scanners send wrong Hosts all day; the counter shows the rate.
+            debug!(remote = %remote, "request refused: Host is not a name of this relay (421)");
+            return Ok(empty(StatusCode::MISDIRECTED_REQUEST));
+        }
+    }
+    let Some(endpoint) = endpoint else {
+        return Ok(empty(StatusCode::NOT_FOUND));
     };
     Ok(upgrade(req, shared, remote, endpoint))
 }
@@ -180,7 +214,7 @@ fn upgrade(
             StatusCode::SERVICE_UNAVAILABLE,
         );
     }
-    // §2 order: host check → per-IP limits → global cap → headers → upgrade.
+    // §2 order: host check (above) → per-IP limits → global cap → headers → upgrade.
     let remote = client_addr(&req, &shared, remote);
     let ip_slot = match shared.per_ip.admit(remote.ip()) {
         Ok(slot) => slot,
@@ -259,10 +293,10 @@ fn upgrade(
             }
         };
         let upgraded = ws.into_inner().into_inner();
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<ServerStream>>() {
             Ok(parts) => {
-                // Plain TCP: owned halves, no lock between reader and writer.
-                let (r, w) = parts.io.into_inner().into_split();
+                // Plain TCP: owned halves; TLS: a lock only around rustls' in-memory work.
+                let (r, w) = parts.io.into_inner().into_split(shared.opts.tls_split);
                 // The leftover bytes are a view into hyper's whole read buffer: copy the few
                 // bytes out so that buffer is freed now, not kept for the connection's life.
                 let prefix = Bytes::copy_from_slice(&parts.read_buf);

@@ -1,7 +1,9 @@
 //! The pyrycode relay server: [`relay_core`] wired to sockets with hyper.
 //!
 //! The directory listing is the architecture: `config/` (flags and boot errors, one file per
-//! subsystem), `admission/` (limits and the memory budget), `server` (accept loop, shutdown), `http` (routes, header rules, upgrade,
+//! subsystem), `listen/` (listeners, TLS, PROXY v2, the Host check, the stream split),
+//! `admission/` (limits and the memory budget), `server` (accept loops, handshake deadline,
+//! shutdown), `http` (routes, header rules, upgrade,
 //! `/healthz`), `ws/` (one connection: reader, peer queue, writer, session), `roles/` (what a
 //! binary and a phone do with their messages), `push/` (push wake through FCM, §4.4),
 //! `metrics/` (the §10 series and their listener), `logging`.
@@ -10,6 +12,7 @@ pub mod admission;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod options;

@@ -1,6 +1,6 @@
-//! `relay-server`: parse the command line (exit 2 on a boot error, before binding anything),
-//! bind (exit 1 on failure), print the startup line, serve until SIGTERM or SIGINT, drain,
-//! exit 0.
+//! `relay-server`: parse the command line and load certificates (exit 2 on a boot error,
+//! before binding anything), bind (exit 1 on failure), print the startup line, serve until
+//! SIGTERM or SIGINT (SIGHUP reloads manual certificates), drain, exit 0.
 //!
 //! Exit always happens: the drain is bounded by `--shutdown-timeout`, whatever is still
 //! running after it (writers stuck on full sockets, peers that never answer the close) is
@@ -9,9 +9,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use relay_server::logging::stderr_line;
-
 use relay_server::config::{self, ListenMode};
+use relay_server::listen;
+use relay_server::logging::stderr_line;
+use relay_server::metrics::serve::MetricsListener;
 use relay_server::push::PushSettings;
 use relay_server::{Relay, RelayOptions};
 use tracing::{error, info, warn};
@@ -38,14 +39,11 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: config::Config) -> ExitCode {
-    let addr = match &config.listen {
-        ListenMode::Development(addr) | ListenMode::Insecure(addr) => *addr,
-        // config.rs refuses the TLS modes at boot until they are implemented.
-        other => {
-            stderr_line(&format!(
-                "relay-server: listener mode {} is not available in this build",
-                other.name()
-            ));
+    // Certificates are loaded (or made) before anything binds: a bad pair is a boot error.
+    let prepared = match listen::prepare(&config.listen) {
+        Ok(p) => p,
+        Err(e) => {
+            stderr_line(&format!("relay-server: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -55,12 +53,13 @@ async fn serve(config: config::Config) -> ExitCode {
         match PushSettings::load(push) {
             Ok(settings) => opts.push = Some(settings),
             Err(e) => {
-                eprintln!("relay-server: {e}");
+                stderr_line(&format!("relay-server: {e}"));
                 return ExitCode::from(2);
             }
         }
     }
-    let relay = match Relay::bind(addr, opts).await {
+    let addr = prepared.addr;
+    let relay = match Relay::bind_with(addr, prepared.transport.clone(), opts).await {
         Ok(relay) => relay,
         Err(e) => {
             error!(addr = %addr, err = %e, "cannot bind listener");
@@ -68,7 +67,7 @@ async fn serve(config: config::Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let bound = match relay.local_addr() {
+    let bound = match relay.local_addrs() {
         Ok(a) => a,
         Err(e) => {
             stderr_line(&format!("relay-server: cannot read the bound address: {e}"));
@@ -77,7 +76,7 @@ async fn serve(config: config::Config) -> ExitCode {
     };
     let metrics_addr = match config.ops.metrics_listen {
         None => None,
-        Some(addr) => match relay_server::metrics::serve::MetricsListener::bind(addr).await {
+        Some(addr) => match MetricsListener::bind(addr).await {
             Ok(listener) => {
                 let bound = listener.local_addr().ok();
                 tokio::spawn(listener.run(relay.shared()));
@@ -92,20 +91,32 @@ async fn serve(config: config::Config) -> ExitCode {
             }
         },
     };
-    if let ListenMode::Development(_) = config.listen {
-        warn!(
+    match config.listen {
+        ListenMode::Development(_) => warn!(
             mode = "development",
             "development mode: plain HTTP on loopback only, not for production"
-        );
+        ),
+        ListenMode::DevTls { .. } => warn!(
+            mode = "dev-tls",
+            "development mode over TLS: self-signed certificate, loopback only, not for production"
+        ),
+        _ => {}
     }
     if let Some(push) = &relay.shared().opts.push {
         info!(addr = %push.endpoint, "push wake on (FCM)");
     }
+    listen::start_reload(&prepared);
+    // §10: every bound address, comma-separated, the main (WebSocket) listener first.
+    let addrs = bound
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     match metrics_addr {
         Some(metrics) => {
-            info!(addr = %bound, mode = %config.listen.name(), metrics_addr = %metrics, "listening")
+            info!(addr = %addrs, mode = %config.listen.name(), metrics_addr = %metrics, "listening")
         }
-        None => info!(addr = %bound, mode = %config.listen.name(), "listening"),
+        None => info!(addr = %addrs, mode = %config.listen.name(), "listening"),
     }
     let handle = relay.shutdown_handle();
     tokio::spawn(async move {

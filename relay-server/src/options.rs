@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use relay_core::ReclaimPolicy;
 
+use crate::listen::stream::TlsSplit;
 use crate::push::PushSettings;
 
 #[derive(Clone, Debug)]
@@ -26,6 +27,8 @@ pub struct RelayOptions {
     pub max_connections: usize,
     pub phones_per_server: usize,
     pub header_read_timeout: Duration,
+    /// From accept to a finished upgrade, PROXY header and TLS handshake included (§8).
+    pub handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
     /// Bytes held for peers relay-wide (§8 memory budget).
     pub max_buffered_bytes: usize,
@@ -36,6 +39,8 @@ pub struct RelayOptions {
     pub ipv6_prefix_len: u8,
     /// Take the client IP from the left-most `X-Forwarded-For` entry (§8).
     pub trust_x_forwarded_for: bool,
+    /// How upgraded TLS connections split (benchmarks compare; always `Own` in the binary).
+    pub tls_split: TlsSplit,
     /// Push wake (§4.4): `None` is off. Loaded at boot by [`PushSettings::load`] (it reads
     /// the key), so `From<&Config>` leaves it `None` and `main` fills it in.
     pub push: Option<PushSettings>,
@@ -57,6 +62,7 @@ impl Default for RelayOptions {
             max_connections: 10_000,
             phones_per_server: 16,
             header_read_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
             max_buffered_bytes: 1 << 30,
             rate_limit_per_minute: 10,
@@ -64,6 +70,7 @@ impl Default for RelayOptions {
             max_connections_per_ip: 64,
             ipv6_prefix_len: 64,
             trust_x_forwarded_for: false,
+            tls_split: TlsSplit::Own,
             push: None,
         }
     }
@@ -102,6 +109,7 @@ impl From<&crate::config::Config> for RelayOptions {
             max_connections: c.admission.max_connections,
             phones_per_server: c.admission.phones_per_server,
             header_read_timeout: c.admission.header_read_timeout,
+            handshake_timeout: c.admission.handshake_timeout,
             shutdown_timeout: c.ops.shutdown_timeout,
             max_buffered_bytes: c.admission.max_buffered_bytes,
             rate_limit_per_minute: c.admission.rate_limit_per_minute,
@@ -109,6 +117,7 @@ impl From<&crate::config::Config> for RelayOptions {
             max_connections_per_ip: c.admission.max_connections_per_ip,
             ipv6_prefix_len: c.admission.ipv6_prefix_len,
             trust_x_forwarded_for: c.admission.trust_x_forwarded_for,
+            tls_split: TlsSplit::Own,
             push: None,
         }
     }

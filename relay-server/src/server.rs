@@ -1,4 +1,4 @@
-//! The accept loop and graceful shutdown (protocol.md §10).
+//! The accept loops, the handshake deadline, and graceful shutdown (protocol.md §8, §10).
 //!
 //! [`Relay::bind`] binds and returns at once, so callers (the binary, tests, benches) can read
 //! the bound address before serving. [`Relay::run`] serves until its [`ShutdownHandle`] fires,
@@ -13,15 +13,20 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::{timeout_at, Instant};
 use tracing::{debug, info, warn};
 
+use crate::http::ConnInfo;
+use crate::listen::stats::PreUpgrade;
+use crate::listen::stream::ServerStream;
+use crate::listen::{self, Listener, Transport};
 use crate::options::RelayOptions;
 use crate::shared::Shared;
 
 pub struct Relay {
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -37,22 +42,55 @@ impl ShutdownHandle {
 }
 
 impl Relay {
+    /// A plain HTTP/WS relay on `addr`.
     pub async fn bind(addr: SocketAddr, opts: RelayOptions) -> io::Result<Relay> {
-        let listener = TcpListener::bind(addr).await?;
-        Ok(Relay::from_listener(listener, opts))
+        Relay::bind_with(addr, Transport::Plain, opts).await
     }
 
+    /// A relay on `addr` speaking `transport` (plain or TLS).
+    pub async fn bind_with(
+        addr: SocketAddr,
+        transport: Transport,
+        opts: RelayOptions,
+    ) -> io::Result<Relay> {
+        Ok(Relay::from_listeners(
+            vec![Listener::bind(addr, transport).await?],
+            opts,
+        ))
+    }
+
+    /// A plain relay on a listener the caller bound.
     pub fn from_listener(listener: TcpListener, opts: RelayOptions) -> Relay {
+        Relay::from_listeners(
+            vec![Listener {
+                tcp: listener,
+                transport: Transport::Plain,
+            }],
+            opts,
+        )
+    }
+
+    /// A relay serving every listener in `listeners` (the first is the main one).
+    pub fn from_listeners(listeners: Vec<Listener>, opts: RelayOptions) -> Relay {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         Relay {
-            listener,
+            listeners,
             shared: Arc::new(Shared::new(opts, shutdown_rx)),
             shutdown_tx,
         }
     }
 
+    /// The main listener's bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match self.listeners.first() {
+            Some(l) => l.tcp.local_addr(),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "no listener")),
+        }
+    }
+
+    /// Every bound address, the main listener first (the startup line lists them all, §10).
+    pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.listeners.iter().map(|l| l.tcp.local_addr()).collect()
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -72,11 +110,10 @@ impl Relay {
     /// Serves until shutdown, then drains. Returns whether every connection finished in time.
     pub async fn run(self) -> bool {
         let Relay {
-            listener,
+            listeners,
             shared,
             shutdown_tx,
         } = self;
-        let mut shutdown = shutdown_tx.subscribe();
         tokio::spawn(
             shared
                 .outboxes
@@ -84,24 +121,14 @@ impl Relay {
                 .run(shared.budget.clone(), shutdown_tx.subscribe()),
         );
         tokio::spawn(sweep_idle_ips(shared.clone()));
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = crate::shared::shutdown_signalled(&mut shutdown) => break,
-            };
-            match accepted {
-                Ok((stream, remote)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_http(shared.clone(), stream, remote));
-                }
-                Err(e) => {
-                    // Usually EMFILE/ENFILE: back off briefly instead of spinning.
-                    warn!(err = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+        let loops: Vec<_> = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(accept_loop(l, shared.clone(), shutdown_tx.subscribe())))
+            .collect();
+        for accept in loops {
+            // Each loop ends (dropping its listener) once shutdown is signalled.
+            let _ = accept.await;
         }
-        drop(listener);
         info!("shutting down: closing every connection with 1001");
         let max = u32::try_from(shared.opts.max_connections).unwrap_or(u32::MAX);
         // Push sends in flight are cancelled by the same signal (§4.4) and drain alongside.
@@ -129,10 +156,67 @@ impl Relay {
     }
 }
 
-async fn serve_http(shared: Arc<Shared>, stream: tokio::net::TcpStream, remote: SocketAddr) {
+async fn accept_loop(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let Listener { tcp, transport } = listener;
+    loop {
+        let accepted = tokio::select! {
+            a = tcp.accept() => a,
+            _ = crate::shared::shutdown_signalled(&mut shutdown) => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(
+                    shared.clone(),
+                    transport.clone(),
+                    stream,
+                    peer,
+                ));
+            }
+            Err(e) => {
+                // Usually EMFILE/ENFILE: back off briefly instead of spinning.
+                warn!(err = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One accepted connection up to its upgrade: PROXY header and TLS handshake (here, in the
+/// connection's task, so a slow client never holds up the accept loop), then HTTP. All of it
+/// must finish within `--handshake-timeout` of the accept (§8), or the connection is dropped;
+/// once upgraded the WebSocket session runs in its own task, outside this deadline.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    transport: Transport,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let deadline = Instant::now() + shared.opts.handshake_timeout;
+    let hosts = transport.hosts();
+    let until_upgraded = async {
+        let Some((stream, remote)) =
+            listen::handshake(&transport, tcp, peer, &shared.listen_stats).await
+        else {
+            return;
+        };
+        serve_http(shared.clone(), stream, ConnInfo { remote, hosts }).await;
+    };
+    if timeout_at(deadline, until_upgraded).await.is_err() {
+        shared.listen_stats.record(PreUpgrade::HandshakeTimeout);
+        shared
+            .metrics
+            .admission_refusals
+            .inc(crate::metrics::AdmissionLimit::HandshakeTimeout);
+        debug!(remote = %peer, "handshake timeout: connection dropped before its upgrade");
+    }
+}
+
+async fn serve_http(shared: Arc<Shared>, stream: ServerStream, conn: ConnInfo) {
     let mut shutdown = shared.shutdown.clone();
     let svc_shared = shared.clone();
-    let service = service_fn(move |req| crate::http::handle(req, svc_shared.clone(), remote));
+    let remote = conn.remote;
+    let service = service_fn(move |req| crate::http::handle(req, svc_shared.clone(), conn.clone()));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(shared.opts.header_read_timeout)
@@ -147,6 +231,13 @@ async fn serve_http(shared: Arc<Shared>, stream: tokio::net::TcpStream, remote: 
         }
     };
     if let Err(e) = result {
+        if e.is_timeout() {
+            // §8: the request headers did not arrive within --header-read-timeout.
+            shared
+                .metrics
+                .admission_refusals
+                .inc(crate::metrics::AdmissionLimit::HeaderTimeout);
+        }
         debug!(remote = %remote, err = %e, "http connection ended with an error");
     }
 }

@@ -9,6 +9,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::admission::budget::Budget;
 use crate::admission::ip::{IpLimits, PerIp};
 use crate::admission::shed::Outboxes;
+use crate::listen::stats::ListenStats;
 use crate::metrics::Metrics;
 use crate::options::RelayOptions;
 use crate::push::PushService;
@@ -31,6 +32,8 @@ pub struct Shared {
     pub per_ip: Arc<PerIp>,
     /// Refusals log at most a few lines a second.
     pub refusal_log: crate::logging::throttle::SharedThrottle,
+    /// Refusals before the upgrade: handshakes, PROXY headers, the deadline, 421 (§8, §9).
+    pub listen_stats: ListenStats,
     /// Push wake (§4.4): off unless `opts.push` carries settings.
     pub push: PushService,
 }
@@ -64,6 +67,7 @@ impl Shared {
             shutdown,
             started: Instant::now(),
             metrics: Metrics::default(),
+            listen_stats: ListenStats::default(),
             push,
         }
     }

@@ -7,9 +7,12 @@
 
 mod support;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use relay_testkit::client::{fresh_server_id, FakeBinary};
+use relay_testkit::tls::{self as ttls, test_certificate, TestCertificate};
 use support::real::{hold_a_port, relay, round_trip, run_to_exit, Running, PATIENCE};
 
 /// Every flag protocol.md names (§2–§10), in case the file is not beside the repository.
@@ -137,20 +140,99 @@ fn insecure_listen_with_tls_cert_is_a_boot_error() {
     );
 }
 
+/// A fresh directory for one test's files (left behind on failure, to look at).
+fn scratch_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("relay-cli-{}", fresh_server_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `cert`'s PEM files into `dir`; returns (cert path, key path) as strings.
+fn write_pair(dir: &std::path::Path, cert: &TestCertificate) -> (String, String) {
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, &cert.cert_pem).unwrap();
+    std::fs::write(&k, &cert.key_pem).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
 #[test]
-fn tls_mode_is_refused_while_not_implemented() {
-    // Asking for TLS must never silently give plain HTTP.
+fn tls_cert_file_that_cannot_be_read_is_a_boot_error() {
+    // §10: exit 2, one line, before binding anything.
+    let dir = scratch_dir();
+    let (_, key) = write_pair(&dir, &test_certificate(&["localhost"]));
+    let missing = dir.join("missing.pem").display().to_string();
     assert_boot_error(
         &[
             "--tls-cert",
-            "x",
+            &missing,
             "--tls-key",
-            "y",
+            &key,
             "--https-listen",
             "{held}",
         ],
         &[],
-        &["--tls-cert", "not implemented"],
+        &["--tls-cert", &missing, "cannot read"],
+    );
+    // Not PEM at all.
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let junk = junk.display().to_string();
+    assert_boot_error(
+        &[
+            "--tls-cert",
+            &junk,
+            "--tls-key",
+            &key,
+            "--https-listen",
+            "{held}",
+        ],
+        &[],
+        &["--tls-cert", "no PEM certificate"],
+    );
+    // A key file without a key.
+    let (cert, _) = write_pair(&dir, &test_certificate(&["localhost"]));
+    assert_boot_error(
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &cert,
+            "--https-listen",
+            "{held}",
+        ],
+        &[],
+        &["--tls-key", "no PEM private key"],
+    );
+}
+
+#[test]
+fn tls_key_of_another_certificate_is_a_boot_error() {
+    let dir = scratch_dir();
+    let (cert, _) = write_pair(&dir, &test_certificate(&["localhost"]));
+    let other = dir.join("other-key.pem");
+    std::fs::write(&other, test_certificate(&["localhost"]).key_pem).unwrap();
+    let other = other.display().to_string();
+    assert_boot_error(
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &other,
+            "--https-listen",
+            "{held}",
+        ],
+        &[],
+        &["--tls-key", "does not belong to the certificate"],
+    );
+}
+
+#[test]
+fn production_refuses_dev_tls() {
+    // §9: --dev-tls is a development mode.
+    assert_boot_error(
+        &["--dev-tls", "--https-listen", "{held}"],
+        &[("PYRYCODE_RELAY_PRODUCTION", "1")],
+        &["PYRYCODE_RELAY_PRODUCTION", "development"],
     );
 }
 
@@ -367,4 +449,224 @@ async fn no_flags_runs_development_mode_on_loopback_8080_and_says_so() {
         relay.seen
     );
     round_trip("127.0.0.1:8080".parse().unwrap()).await;
+}
+
+// ---- §9 TLS modes through the real binary ------------------------------------------------------
+
+#[tokio::test]
+async fn tls_mode_serves_wss_and_sighup_reloads_the_certificate_keeping_live_connections() {
+    // §9: "On SIGHUP both files are re-read; new handshakes use the new pair, live connections
+    // are untouched; a pair that fails to load is logged and the old one kept (no exit)."
+    let dir = scratch_dir();
+    let old = test_certificate(&["localhost", "127.0.0.1"]);
+    let (cert, key) = write_pair(&dir, &old);
+    let mut relay = Running::spawn(
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--https-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let (addr, mode) = relay.listening();
+    assert_eq!(mode, "tls");
+    ttls::speak_tls(addr, std::slice::from_ref(&old.der));
+    let (mut binary, mut phone) = round_trip(addr).await;
+
+    let new = test_certificate(&["localhost", "127.0.0.1"]);
+    write_pair(&dir, &new);
+    relay.signal("HUP");
+    relay
+        .line_with("certificate reloaded")
+        .expect("the reload is logged");
+    // A new connection trusting only the new certificate is served; only the old one fails.
+    ttls::speak_tls(addr, std::slice::from_ref(&new.der));
+    round_trip(addr).await;
+    ttls::speak_tls(addr, std::slice::from_ref(&old.der));
+    assert!(FakeBinary::connect(addr, &fresh_server_id()).await.is_err());
+    // The connection from before the reload still routes both ways.
+    phone.send_text(r#"{"after":"sighup"}"#).await.unwrap();
+    let env = binary.recv_envelope().await.unwrap();
+    binary
+        .send_to(&env.conn_id, r#""still here""#)
+        .await
+        .unwrap();
+    assert_eq!(phone.recv_text().await.unwrap(), r#""still here""#);
+
+    // A broken pair: logged, the process keeps running with the current certificate.
+    std::fs::write(
+        dir.join("key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    relay.signal("HUP");
+    let line = relay
+        .line_with("certificate reload failed")
+        .expect("the failure is logged");
+    assert!(line.contains("--tls-key"), "{line}");
+    ttls::speak_tls(addr, std::slice::from_ref(&new.der));
+    round_trip(addr).await;
+    assert_eq!(relay.child.try_wait().unwrap(), None, "still running");
+}
+
+#[tokio::test]
+async fn dev_tls_writes_its_certificate_logs_its_fingerprint_and_serves_wss() {
+    // §9: rcgen certificate for localhost/127.0.0.1/::1, PEM at --dev-tls-cert-out,
+    // fingerprint logged, loopback only.
+    let dir = scratch_dir();
+    let pem_path = dir.join("dev.pem");
+    let mut relay = Running::spawn(
+        &[
+            "--dev-tls",
+            "--https-listen",
+            "127.0.0.1:0",
+            "--dev-tls-cert-out",
+            pem_path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (addr, mode) = relay.listening();
+    assert_eq!(mode, "dev-tls");
+    let pem = std::fs::read(&pem_path).expect("the certificate was written");
+    assert!(
+        !String::from_utf8_lossy(&pem).contains("PRIVATE KEY"),
+        "never the key"
+    );
+    let roots = ttls::roots_from_pem(&pem).unwrap();
+    assert_eq!(roots.len(), 1);
+    let fingerprint = relay_server::listen::dev::sha256_fingerprint(&roots[0]);
+    let line = relay.line_with("SHA-256 fingerprint").expect("logged");
+    assert!(line.contains(&fingerprint), "{line} names {fingerprint}");
+    assert!(relay.seen.iter().any(|l| l.contains("not for production")));
+    ttls::speak_tls(addr, &roots);
+    round_trip(addr).await;
+}
+
+#[tokio::test]
+async fn proxy_v2_source_address_is_the_remote_in_the_log() {
+    // §9: "The PROXY source address is the client IP"; §10: logs carry it as remote=.
+    let dir = scratch_dir();
+    let cert = test_certificate(&["localhost", "127.0.0.1"]);
+    let (c, k) = write_pair(&dir, &cert);
+    let mut relay = Running::spawn(
+        &[
+            "--tls-cert",
+            &c,
+            "--tls-key",
+            &k,
+            "--https-listen",
+            "127.0.0.1:0",
+            "--https-proxy-protocol",
+        ],
+        &[],
+    );
+    let (addr, _) = relay.listening();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let source: SocketAddr = "203.0.113.7:4242".parse().unwrap();
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(&relay_testkit::raw::proxy_v2_header(source, addr))
+        .await
+        .unwrap();
+    let target = ttls::TlsTarget {
+        config: ttls::client_config(std::slice::from_ref(&cert.der)),
+        server_name: rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
+    };
+    let stream = ttls::handshake(tcp, &target).await.unwrap();
+    let sid = fresh_server_id();
+    let _binary = FakeBinary::builder(addr, &sid)
+        .connect_over(stream)
+        .await
+        .expect("upgrade through the PROXY header");
+    let line = relay.line_with("binary connected").expect("logged");
+    assert!(line.contains("remote=203.0.113.7:4242"), "{line}");
+    // Without the header, nothing: the connection is closed with zero bytes.
+    ttls::speak_tls(addr, std::slice::from_ref(&cert.der));
+    assert!(FakeBinary::connect(addr, &fresh_server_id()).await.is_err());
+}
+
+/// HAProxy in front, killed on drop.
+struct Haproxy(Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn behind_real_haproxy_send_proxy_v2_the_client_address_is_the_remote() {
+    // §9 with the real component: HAProxy `mode tcp` + `send-proxy-v2` in front of the TLS
+    // listener, as on a self-hosted box (Fly's proxy speaks the same header).
+    let Some(haproxy) = relay_testkit::services::require("haproxy") else {
+        return;
+    };
+    let dir = scratch_dir();
+    let cert = test_certificate(&["localhost", "127.0.0.1"]);
+    let (c, k) = write_pair(&dir, &cert);
+    let mut relay = Running::spawn(
+        &[
+            "--tls-cert",
+            &c,
+            "--tls-key",
+            &k,
+            "--https-listen",
+            "127.0.0.1:0",
+            "--https-proxy-protocol",
+        ],
+        &[],
+    );
+    let (relay_addr, _) = relay.listening();
+    let front = {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend wss\n  bind {front}\n  default_backend relay\n\
+             backend relay\n  server relay {relay_addr} send-proxy-v2\n"
+        ),
+    )
+    .unwrap();
+    let _haproxy = Haproxy(
+        Command::new(haproxy)
+            .args(["-db", "-f", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy"),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let tcp = loop {
+        match tokio::net::TcpStream::connect(front).await {
+            Ok(tcp) => break tcp,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("haproxy did not listen on {front}: {e}"),
+        }
+    };
+    let client_addr = tcp.local_addr().unwrap();
+    let target = ttls::TlsTarget {
+        config: ttls::client_config(std::slice::from_ref(&cert.der)),
+        server_name: rustls_pki_types::ServerName::IpAddress(front.ip().into()),
+    };
+    let stream = ttls::handshake(tcp, &target)
+        .await
+        .expect("TLS through haproxy");
+    let _binary = FakeBinary::builder(front, &fresh_server_id())
+        .connect_over(stream)
+        .await
+        .expect("upgrade through haproxy");
+    let line = relay.line_with("binary connected").expect("logged");
+    assert!(
+        line.contains(&format!("remote={client_addr}")),
+        "the client's own address {client_addr}, not haproxy's: {line}"
+    );
 }

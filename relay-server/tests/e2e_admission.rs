@@ -189,7 +189,8 @@ async fn healthz_is_never_limited() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.6:0".parse().unwrap()).unwrap();
-        let mut s = socket.connect(relay.addr).await.unwrap();
+        let tcp = socket.connect(relay.addr).await.unwrap();
+        let mut s = relay_testkit::tls::wrap(tcp, relay.addr).await.unwrap();
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();

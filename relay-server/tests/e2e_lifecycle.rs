@@ -17,7 +17,6 @@ use relay_testkit::client::{fresh_server_id, FakeBinary, FakePhone, WsClient};
 use relay_testkit::raw::{RawClient, RawMessage, RawOptions};
 use support::{eventually, fast_opts, start, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 // ---- helpers -------------------------------------------------------------------------------
 
@@ -583,7 +582,7 @@ async fn grace_expiry_closes_every_phone_1011_and_later_phones_get_4404() {
 
 /// GET /healthz over a plain socket; returns the parsed JSON body.
 async fn healthz(addr: SocketAddr) -> serde_json::Value {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = relay_testkit::tls::connect(addr).await.unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();

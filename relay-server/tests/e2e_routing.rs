@@ -13,7 +13,6 @@ use relay_testkit::client::{fresh_server_id, ClientBuilder, Envelope, FakeBinary
 use relay_testkit::raw::{OpCode, RawClient, RawError, RawMessage};
 use support::{binary_for, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -86,7 +85,7 @@ async fn expect_notice(binary: &mut FakeBinary, conn_id: &str, code: u16) {
 
 /// A plain HTTP/1.1 GET; returns (status, headers, body).
 async fn http_get(relay: &TestRelay, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = TcpStream::connect(relay.addr).await.unwrap();
+    let mut stream = relay_testkit::tls::connect(relay.addr).await.unwrap();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         relay.addr
@@ -1445,7 +1444,7 @@ async fn slow_request_headers_are_dropped_after_the_header_read_timeout() {
     })
     .await;
 
-    let mut slow = TcpStream::connect(relay.addr).await.unwrap();
+    let mut slow = relay_testkit::tls::connect(relay.addr).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();

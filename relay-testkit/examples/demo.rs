@@ -5,6 +5,9 @@
 //! cargo run -p relay-testkit --example demo            # terminal 2
 //! cargo run -p relay-testkit --example demo -- --addr 127.0.0.1:9000 my-server-id
 //! cargo run -p relay-testkit --example demo -- --wake   # with the relay pointed at fake-fcm
+//!
+//! cargo run --release -p relay-server -- --dev-tls     # wss on 127.0.0.1:8443
+//! cargo run -p relay-testkit --example demo -- --tls-ca relay-dev-cert.pem
 //! ```
 //!
 //! The binary claims a server-id (protocol.md §6.1), the phone (with an `X-Pyrycode-Token`)
@@ -22,9 +25,13 @@ use relay_testkit::client::{fresh_server_id, ClientError, FakeBinary, FakePhone}
 /// Sends one message from a fake phone to a fake binary through a running relay, and back.
 #[derive(Parser)]
 struct Args {
-    /// Address of the relay.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: SocketAddr,
+    /// Address of the relay. [default: 127.0.0.1:8080; 127.0.0.1:8443 with --tls-ca]
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Connect over wss, trusting the PEM certificate in FILE (what `relay-server --dev-tls`
+    /// writes to relay-dev-cert.pem).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Server-id the binary claims. [default: a fresh UUIDv4-shaped id]
     server_id: Option<String>,
     /// Also send a push wake (start the relay with push on, e.g. pointed at `fake-fcm`).
@@ -45,13 +52,29 @@ async fn main() -> ExitCode {
 }
 
 async fn tour(args: &Args) -> Result<(), String> {
-    let addr = args.addr;
+    let default = if args.tls_ca.is_some() {
+        "127.0.0.1:8443"
+    } else {
+        "127.0.0.1:8080"
+    };
+    let addr = args
+        .addr
+        .unwrap_or_else(|| default.parse().unwrap_or_else(|_| unreachable!()));
+    let scheme = if let Some(path) = &args.tls_ca {
+        let pem = std::fs::read(path).map_err(|e| format!("--tls-ca {}: {e}", path.display()))?;
+        let roots = relay_testkit::tls::roots_from_pem(&pem)
+            .map_err(|e| format!("--tls-ca {}: {e}", path.display()))?;
+        relay_testkit::tls::speak_tls(addr, &roots);
+        "wss"
+    } else {
+        "ws"
+    };
     let server_id = args.server_id.clone().unwrap_or_else(fresh_server_id);
 
     let mut binary = FakeBinary::connect(addr, &server_id)
         .await
         .map_err(|e| not_running(addr, e))?;
-    println!("binary  connected to ws://{addr}/v1/server as server-id {server_id}");
+    println!("binary  connected to {scheme}://{addr}/v1/server as server-id {server_id}");
 
     let phone_token = "demo-phone-token";
     let mut phone = FakePhone::builder(addr, &server_id)
@@ -60,7 +83,9 @@ async fn tour(args: &Args) -> Result<(), String> {
         .connect()
         .await
         .map_err(|e| format!("phone could not connect: {e}"))?;
-    println!("phone   connected to ws://{addr}/v1/client with X-Pyrycode-Token: {phone_token}");
+    println!(
+        "phone   connected to {scheme}://{addr}/v1/client with X-Pyrycode-Token: {phone_token}"
+    );
 
     let hello = r#"{"type": "hello", "text": "hi from the phone"}"#;
     phone.send_text(hello).await.map_err(|e| e.to_string())?;

@@ -37,7 +37,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -45,6 +45,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::raw::{self, HttpResponse, RawError};
+use crate::tls::ClientStream;
 
 /// How long any client call waits before failing with [`ClientError::Timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -398,7 +399,7 @@ impl<C> ClientBuilder<C> {
         }
     }
 
-    async fn upgrade_tcp(&self) -> Result<WsClient<TcpStream>, ClientError> {
+    async fn upgrade_tcp(&self) -> Result<WsClient<ClientStream>, ClientError> {
         let after = self.timeout;
         let open = async {
             let socket = if self.addr.is_ipv4() {
@@ -424,6 +425,10 @@ impl<C> ClientBuilder<C> {
             // Small test messages must not wait for Nagle.
             stream
                 .set_nodelay(true)
+                .map_err(|e| ClientError::Upgrade(e.into()))?;
+            // TLS if the test registered this address as a TLS relay (crate::tls).
+            let stream = crate::tls::wrap(stream, self.addr)
+                .await
                 .map_err(|e| ClientError::Upgrade(e.into()))?;
             self.upgrade_inner(stream).await
         };
@@ -494,7 +499,8 @@ impl ClientBuilder<FakeBinary> {
         self.header("X-Pyrycode-Version", version)
     }
 
-    /// Connects over TCP and upgrades; any status but 101 is [`ClientError::Refused`].
+    /// Connects over TCP (and TLS, for an address registered with [`crate::tls::speak_tls`])
+    /// and upgrades; any status but 101 is [`ClientError::Refused`].
     pub async fn connect(self) -> Result<FakeBinary, ClientError> {
         Ok(FakeBinary {
             client: self.upgrade_tcp().await?,
@@ -524,7 +530,8 @@ impl ClientBuilder<FakePhone> {
         self.header("X-Pyrycode-Device-Name", name)
     }
 
-    /// Connects over TCP and upgrades; any status but 101 is [`ClientError::Refused`].
+    /// Connects over TCP (and TLS, for an address registered with [`crate::tls::speak_tls`])
+    /// and upgrades; any status but 101 is [`ClientError::Refused`].
     pub async fn connect(self) -> Result<FakePhone, ClientError> {
         Ok(FakePhone {
             client: self.upgrade_tcp().await?,
@@ -546,7 +553,7 @@ impl ClientBuilder<FakePhone> {
 ///
 /// Every method waits at most the client's timeout ([`WsClient::set_timeout`]).
 #[derive(Debug)]
-pub struct WsClient<S = TcpStream> {
+pub struct WsClient<S = ClientStream> {
     ws: WebSocketStream<Tap<S>>,
     timeout: Duration,
     response: HttpResponse,
@@ -798,7 +805,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsClient<S> {
         let _ = timeout_at(deadline, self.ws.flush()).await;
     }
 
-    /// The underlying stream, e.g. for `TcpStream::local_addr`.
+    /// The underlying stream, e.g. `stream().tcp().local_addr()`.
     pub fn stream(&self) -> &S {
         &self.ws.get_ref().inner
     }
@@ -862,7 +869,7 @@ fn describe(message: &Message) -> String {
 ///
 /// Derefs to [`WsClient`] for sending text, closing, waiting for close or silence.
 #[derive(Debug)]
-pub struct FakeBinary<S = TcpStream> {
+pub struct FakeBinary<S = ClientStream> {
     client: WsClient<S>,
 }
 
@@ -961,7 +968,7 @@ impl<S> DerefMut for FakeBinary<S> {
 /// Derefs to [`WsClient`]: `send_text`, `send_binary`, `recv_text`, `expect_close`,
 /// `expect_silence`, `close`. [`FakePhone::abort`] vanishes without a close frame.
 #[derive(Debug)]
-pub struct FakePhone<S = TcpStream> {
+pub struct FakePhone<S = ClientStream> {
     client: WsClient<S>,
 }
 

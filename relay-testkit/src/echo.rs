@@ -8,6 +8,9 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +25,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
 
 /// Serves echo connections on `listener` until an unrecoverable accept error.
 ///
@@ -53,9 +58,55 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
     )
 }
 
+/// Serves echo connections over TLS with `config` (rustls on the same provider as the relay).
+/// The handshake runs in each connection's task, as in the relay.
+pub async fn serve_tls(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<()> {
+    let acceptor = TlsAcceptor::from(config);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) if is_transient_accept_error(&e) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            if let Ok(tls) = acceptor.accept(stream).await {
+                serve_io(tls).await;
+            }
+        });
+    }
+}
+
+/// The TLS configuration the relay uses, for the baseline: TLS 1.2+, ALPN `http/1.1`, no
+/// session tickets, serving `cert`.
+pub fn tls_config(cert: &crate::tls::TestCertificate) -> Result<Arc<ServerConfig>, String> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der.clone()], cert.key_der())
+    .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
 async fn serve_connection(stream: TcpStream) {
     // Same reason as the relay: small messages, latency measured; Nagle would add delay.
     let _ = stream.set_nodelay(true);
+    serve_io(stream).await;
+}
+
+async fn serve_io<S>(stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let conn = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service_fn(handle))
         .with_upgrades();
@@ -71,6 +122,10 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Empty<Bytes>>, In
         Ok((response, upgraded)) => {
             tokio::spawn(async move {
                 if let Ok(ws) = upgraded.await {
+                    let ws = WebSocket::after_handshake(
+                        Flushed::new(ws.into_inner()),
+                        fastwebsockets::Role::Server,
+                    );
                     let _ = echo(ws).await;
                 }
             });
@@ -88,9 +143,9 @@ fn status(code: StatusCode) -> Response<Empty<Bytes>> {
 
 /// Echoes every (reassembled) data message back as text until the peer closes.
 ///
-/// No explicit flush: `FragmentCollector` writes each frame straight to the upgraded TCP stream
-/// with `write_all`, and there is no buffering layer (no TLS, no `BufWriter`) that could hold
-/// it back, so a frame is on the wire when `write_frame` returns.
+/// `FragmentCollector` writes each frame with `write_all` and never flushes; the [`Flushed`]
+/// stream under it completes a flush with every write, so over TLS too a frame is on the wire
+/// when `write_frame` returns (over TCP the flush is free).
 async fn echo<S>(ws: WebSocket<S>) -> Result<(), WebSocketError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -104,6 +159,61 @@ where
             OpCode::Close => return Ok(()),
             _ => {}
         }
+    }
+}
+
+/// A stream whose every write is flushed before it counts as done (rustls may otherwise keep
+/// the last record of a frame until the next write).
+struct Flushed<S> {
+    inner: S,
+    /// Bytes accepted by a write whose flush is still pending.
+    accepted: Option<usize>,
+}
+
+impl<S> Flushed<S> {
+    fn new(inner: S) -> Self {
+        Flushed {
+            inner,
+            accepted: None,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Flushed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Flushed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = match self.accepted {
+            Some(n) => n,
+            None => {
+                let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+                self.accepted = Some(n);
+                n
+            }
+        };
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.accepted = None;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

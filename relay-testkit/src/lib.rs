@@ -4,7 +4,8 @@
 //!   [`ManualClock`]: time that only moves when a test says so.
 //! - [`client`] (feature `net`): fake binary and fake phone over a real WebSocket client
 //!   (tokio-tungstenite, a different implementation from the server's fastwebsockets).
-//! - [`raw`] (feature `net`): a raw TCP client that can misbehave on purpose.
+//! - [`raw`] (feature `net`): a raw client that can misbehave on purpose.
+//! - [`tls`] (feature `net`): which addresses speak TLS, for all of the above; test certificates.
 //! - [`echo`] and [`load`] (feature `net`): the direct-echo baseline server and the load generator.
 //! - [`fcm`] (feature `net`): a stand-in for Google's token endpoint and FCM HTTP v1 over real
 //!   HTTPS, with a test-only service-account key, for push wake (§4.4).
@@ -27,5 +28,7 @@ pub mod fcm;
 pub mod load;
 #[cfg(feature = "net")]
 pub mod raw;
+#[cfg(feature = "net")]
+pub mod tls;
 
 pub mod services;

@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::tls::ClientStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -499,6 +501,37 @@ pub enum RawMessage {
     Close(u16, String),
 }
 
+/// A PROXY protocol v2 header (PROXY command, TCP) saying the connection comes from `source`
+/// to `destination`, both IPv4 or both IPv6, as HAProxy's `send-proxy-v2` writes it. Written
+/// by hand here, not with the relay's parser crate, so a bug in one cannot hide in the other.
+pub fn proxy_v2_header(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let mut out = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    out.push(0x21); // version 2, PROXY
+    match (source, destination) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+            out.push(0x11); // TCP over IPv4
+            out.extend_from_slice(&12u16.to_be_bytes());
+            out.extend_from_slice(&s.ip().octets());
+            out.extend_from_slice(&d.ip().octets());
+            out.extend_from_slice(&s.port().to_be_bytes());
+            out.extend_from_slice(&d.port().to_be_bytes());
+        }
+        (s, d) => {
+            let v6 = |a: SocketAddr| match a {
+                SocketAddr::V4(v4) => v4.ip().to_ipv6_mapped(),
+                SocketAddr::V6(v6) => *v6.ip(),
+            };
+            out.push(0x21); // TCP over IPv6
+            out.extend_from_slice(&36u16.to_be_bytes());
+            out.extend_from_slice(&v6(s).octets());
+            out.extend_from_slice(&v6(d).octets());
+            out.extend_from_slice(&s.port().to_be_bytes());
+            out.extend_from_slice(&d.port().to_be_bytes());
+        }
+    }
+    out
+}
+
 /// Knobs for [`RawClient::connect_with`].
 #[derive(Debug, Clone)]
 pub struct RawOptions {
@@ -524,13 +557,14 @@ impl Default for RawOptions {
     }
 }
 
-/// A hand-framed WebSocket client over a plain `TcpStream` for misbehaviour tests.
+/// A hand-framed WebSocket client for misbehaviour tests, over TCP or (for an address
+/// registered with [`crate::tls::speak_tls`]) TLS.
 ///
 /// It writes only when told to and reads only when told to. So "never answer pings" and "stop
 /// reading" need no configuration: just do not call anything. See the module docs.
 #[derive(Debug)]
 pub struct RawClient {
-    stream: TcpStream,
+    stream: ClientStream,
     /// Bytes read but not yet parsed into frames.
     buf: Vec<u8>,
     /// A fragmented data message in progress: its opcode and the payload so far.
@@ -574,8 +608,9 @@ impl RawClient {
             if let Some(ip) = options.source {
                 socket.bind(SocketAddr::new(ip, 0))?;
             }
-            let mut stream = socket.connect(addr).await?;
+            let stream = socket.connect(addr).await?;
             stream.set_nodelay(true)?;
+            let mut stream = crate::tls::wrap(stream, addr).await?;
             let host = options.host.clone().unwrap_or_else(|| addr.to_string());
             let (request, key) = upgrade_request(&host, path, headers);
             let (response, rest) = handshake(&mut stream, &request, &key).await?;
@@ -608,7 +643,7 @@ impl RawClient {
 
     /// The underlying socket, e.g. for `peer_addr` or socket options.
     pub fn tcp(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 
     /// Encodes a masked client frame with a fresh mask, to send later in pieces with
@@ -871,7 +906,7 @@ impl RawClient {
     /// Gives up the socket, e.g. to drop it without a close frame (`drop(client.into_tcp())`
     /// or just `drop(client)`).
     pub fn into_tcp(self) -> TcpStream {
-        self.stream
+        self.stream.into_tcp()
     }
 
     fn next_mask(&mut self) -> [u8; 4] {

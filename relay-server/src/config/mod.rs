@@ -157,11 +157,11 @@ impl Feature {
     /// its flags then stop being boot errors and their values flow into [`Config`].
     pub const fn built(self) -> bool {
         match self {
-            Feature::Tls => false,
+            Feature::Tls => true,
             Feature::Acme => false,
             Feature::Metrics => true,
             Feature::RateLimits => true,
-            Feature::HandshakeTimeout => false,
+            Feature::HandshakeTimeout => true,
             Feature::MemoryBudget => true,
             Feature::Push => true,
             Feature::Cluster => false,

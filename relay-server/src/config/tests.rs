@@ -351,41 +351,57 @@ fn refused_until_built(args: &[&str], env: &[(&str, &str)], flag: &str, feature:
 }
 
 #[test]
-fn tls_modes_are_refused_until_tls_exists() {
-    refused_until_built(
-        &[
-            "--tls-cert",
-            "c.pem",
-            "--tls-key",
-            "k.pem",
-            "--https-listen",
-            ":8443",
-        ],
-        &[],
+fn tls_modes_are_accepted_and_pass_the_production_refusals() {
+    // §9: TLS with given files is a production mode; --dev-tls is a development mode.
+    let args = [
         "--tls-cert",
-        Feature::Tls,
-    );
-    refused_until_built(&["--dev-tls"], &[], "--dev-tls", Feature::Tls);
-    if !Feature::Tls.built() {
-        assert_eq!(
-            err(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).to_string(),
-            "--tls-cert: TLS is not implemented yet in this build (see docs/operations.md)"
-        );
-        // Production refusals do not mask it: a TLS mode passes them.
-        let err = parse_env(
-            &["--tls-cert", "c.pem", "--tls-key", "k.pem"],
-            &[],
-            production(false),
-        )
-        .expect_err("refused");
-        assert!(matches!(
-            err,
-            BootError::NotImplemented {
-                feature: Feature::Tls,
-                ..
-            }
-        ));
-    }
+        "c.pem",
+        "--tls-key",
+        "k.pem",
+        "--https-listen",
+        ":8443",
+    ];
+    let config = parse_env(&args, &[], production(false)).expect("a production mode");
+    assert!(matches!(
+        config.listen,
+        ListenMode::Tls {
+            proxy_protocol: false,
+            ..
+        }
+    ));
+    let mut with_proxy = args.to_vec();
+    with_proxy.push("--https-proxy-protocol");
+    let config = parse_env(&with_proxy, &[], production(false)).expect("with PROXY v2");
+    assert!(matches!(
+        config.listen,
+        ListenMode::Tls {
+            proxy_protocol: true,
+            ..
+        }
+    ));
+    assert!(matches!(
+        parse_env(&["--dev-tls"], &[], production(false)),
+        Err(BootError::ProductionDevelopmentMode)
+    ));
+    assert!(matches!(
+        parse_env(&args, &[], production(true)),
+        Err(BootError::ProductionRoot)
+    ));
+}
+
+#[test]
+fn handshake_timeout_flows_into_the_config() {
+    let config = ok(&["--handshake-timeout", "3s"]);
+    assert_eq!(config.admission.handshake_timeout, Duration::from_secs(3));
+    let opts = crate::RelayOptions::from(&config);
+    assert_eq!(opts.handshake_timeout, Duration::from_secs(3));
+    assert!(matches!(
+        err(&["--handshake-timeout", "0s"]),
+        BootError::InvalidValue {
+            flag: "--handshake-timeout",
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -433,10 +449,6 @@ fn admission_flags_are_refused_until_built() {
         (&["--max-connections-per-ip", "8"][..], Feature::RateLimits),
         (&["--ipv6-prefix-len", "56"][..], Feature::RateLimits),
         (&["--trust-x-forwarded-for"][..], Feature::RateLimits),
-        (
-            &["--handshake-timeout", "3s"][..],
-            Feature::HandshakeTimeout,
-        ),
         (
             &["--max-buffered-bytes", "64MiB"][..],
             Feature::MemoryBudget,

@@ -17,6 +17,10 @@ struct Args {
     /// Address to listen on; port 0 picks a free port (see the `listening addr=` line).
     #[arg(long, env = "ECHO_SERVER_LISTEN", default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Serve TLS (the relay's rustls setup) with a certificate made at start for localhost,
+    /// 127.0.0.1 and ::1, whose PEM is written to FILE for clients (`relay-load --tls-ca FILE`).
+    #[arg(long, value_name = "FILE")]
+    tls_cert_out: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -67,8 +71,19 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let serving = async {
+        match &args.tls_cert_out {
+            None => echo::serve(listener).await,
+            Some(path) => {
+                let cert = relay_testkit::tls::test_certificate(&["localhost", "127.0.0.1", "::1"]);
+                std::fs::write(path, &cert.cert_pem)?;
+                let config = echo::tls_config(&cert).map_err(std::io::Error::other)?;
+                echo::serve_tls(listener, config).await
+            }
+        }
+    };
     tokio::select! {
-        result = echo::serve(listener) => match result {
+        result = serving => match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("echo-server: accept failed: {e}");

@@ -25,6 +25,10 @@ struct Cli {
         default_value = "127.0.0.1:8080"
     )]
     addr: String,
+    /// Speak TLS to --addr, trusting the PEM certificate(s) in FILE (the relay's
+    /// --dev-tls-cert-out, or echo-server's --tls-cert-out).
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Drive the echo server instead: phones only, each echoed on its own connection.
     #[arg(long, global = true)]
     direct: bool,
@@ -137,6 +141,16 @@ fn main() -> ExitCode {
         Ok(addr) => addr,
         Err(e) => return usage_error(&e),
     };
+    if let Some(path) = &cli.tls_ca {
+        let roots = std::fs::read(path).and_then(|pem| relay_testkit::tls::roots_from_pem(&pem));
+        match roots {
+            Ok(roots) if !roots.is_empty() => relay_testkit::tls::speak_tls(addr, &roots),
+            Ok(_) => {
+                return usage_error(&format!("--tls-ca {}: no PEM certificate", path.display()))
+            }
+            Err(e) => return usage_error(&format!("--tls-ca {}: {e}", path.display())),
+        }
+    }
     let target = Target {
         addr,
         direct: cli.direct,

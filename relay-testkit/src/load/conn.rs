@@ -1,19 +1,111 @@
 //! One client WebSocket connection of the load generator: the HTTP/1.1 upgrade, written by hand
-//! over a plain `TcpStream`, and the errors a connection attempt can end in, each phrased so the
-//! person running the load knows what to change.
+//! over TCP (or TLS, for an address registered with `crate::tls`, as `relay-load --tls-ca`
+//! does), and the errors a connection attempt can end in, each phrased so the person running
+//! the load knows what to change.
 //!
-//! Why by hand: it keeps the socket a `TcpStream` that splits into owned halves (no lock between
-//! the reader and writer tasks of an open-loop phone) and costs one write and one read per
-//! connection. Strict handshake checking is `crate::client`'s job, not this one's.
+//! Why by hand: it keeps a plain socket a `TcpStream` that splits into owned halves (no lock
+//! between the reader and writer tasks of an open-loop phone) and costs one write and one read
+//! per connection. Over TLS the client halves share `tokio::io::split`'s lock: the same cost for
+//! the relay and for the echo baseline it is compared with. Strict handshake checking is
+//! `crate::client`'s job, not this one's.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use fastwebsockets::{FragmentCollector, FragmentCollectorRead, Role, WebSocket, WebSocketWrite};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Join};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Join, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::tls::ClientStream;
+
+/// The reading half of a load connection.
+pub enum ReadHalf {
+    Plain(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The writing half of a load connection.
+pub enum WriteHalf {
+    Plain(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
+fn split(stream: ClientStream) -> (ReadHalf, WriteHalf) {
+    match stream {
+        ClientStream::Plain(s) => {
+            let (r, w) = s.into_split();
+            (ReadHalf::Plain(r), WriteHalf::Plain(w))
+        }
+        ClientStream::Tls(s) => {
+            let (r, w) = tokio::io::split(*s);
+            (ReadHalf::Tls(r), WriteHalf::Tls(w))
+        }
+    }
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            WriteHalf::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WriteHalf::Plain(s) => s.is_write_vectored(),
+            WriteHalf::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// How long one connect + upgrade may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,15 +122,15 @@ const HEAD_BUFFER: usize = 512;
 
 /// The read side after the upgrade. The `BufReader` keeps any frame bytes that arrived together
 /// with the response head (a relay that closes a phone 4404 at once sends both in one segment).
-pub type ReadStream = BufReader<OwnedReadHalf>;
+pub type ReadStream = BufReader<ReadHalf>;
 
 /// A whole connection, for tasks that read and write from one place.
-pub type Ws = FragmentCollector<Join<ReadStream, OwnedWriteHalf>>;
+pub type Ws = FragmentCollector<Join<ReadStream, WriteHalf>>;
 
 /// An upgraded connection not yet committed to one task or two.
 pub struct Upgraded {
     read: ReadStream,
-    write: OwnedWriteHalf,
+    write: WriteHalf,
 }
 
 impl Upgraded {
@@ -49,12 +141,7 @@ impl Upgraded {
     }
 
     /// A reader task and a writer task (open-loop phones, which send on a clock, not on replies).
-    pub fn into_split(
-        self,
-    ) -> (
-        FragmentCollectorRead<ReadStream>,
-        WebSocketWrite<OwnedWriteHalf>,
-    ) {
+    pub fn into_split(self) -> (FragmentCollectorRead<ReadStream>, WebSocketWrite<WriteHalf>) {
         let (read, write) =
             fastwebsockets::after_handshake_split(self.read, self.write, Role::Client);
         (FragmentCollectorRead::new(read), write)
@@ -206,7 +293,10 @@ async fn connect_inner(
         .map_err(|e| io_error(addr, e))?;
     // Load messages are small and latency is the measurement: never let Nagle hold one back.
     stream.set_nodelay(true).map_err(|e| io_error(addr, e))?;
-    let (read, mut write) = stream.into_split();
+    let stream = crate::tls::wrap(stream, addr)
+        .await
+        .map_err(|e| io_error(addr, e))?;
+    let (read, mut write) = split(stream);
 
     let request = upgrade_request(addr, path, headers);
     write
@@ -275,7 +365,7 @@ fn parse_status_line(line: &[u8]) -> Option<u16> {
 pub async fn healthz_binaries(addr: SocketAddr) -> Option<u64> {
     use tokio::io::AsyncReadExt;
     let fetch = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let mut stream = crate::tls::connect(addr).await.ok()?;
         let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(req.as_bytes()).await.ok()?;
         let mut body = Vec::with_capacity(512);

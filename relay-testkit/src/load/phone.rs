@@ -189,7 +189,7 @@ pub async fn open_loop(
 }
 
 async fn open_writer(
-    mut ws: fastwebsockets::WebSocketWrite<tokio::net::tcp::OwnedWriteHalf>,
+    mut ws: fastwebsockets::WebSocketWrite<conn::WriteHalf>,
     ctx: Arc<RunCtx>,
     pair: Arc<Pair>,
     first: Instant,
