@@ -98,10 +98,13 @@ fi
 
 if [ "$build" = 1 ]; then
   echo "compare.sh: building (release)..." >&2
-  (cd "$root" && cargo build --release -p relay-server -p relay-testkit) || die "cargo build failed"
+  # The relay exactly as it ships (deploy/build.sh, which CI also runs: built once), the load
+  # tools beside it in their own build so their features do not change the relay's.
+  bash "$root/deploy/build.sh" >&2 || die "deploy/build.sh failed"
+  (cd "$root" && cargo build --release -p relay-testkit --bins) || die "cargo build failed"
 fi
 for b in relay-server echo-server relay-load; do
-  [ -x "$bin/$b" ] || die "$bin/$b is missing: build with cargo build --release -p relay-server -p relay-testkit"
+  [ -x "$bin/$b" ] || die "$bin/$b is missing: build with deploy/build.sh and cargo build --release -p relay-testkit"
 done
 
 # Relay flags that lift the admission limits (§8) out of the load's way. A flag this build refuses

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
 
 async fn serve(config: config::Config) -> ExitCode {
     // Certificates are loaded (or made) before anything binds: a bad pair is a boot error.
-    let prepared = match listen::prepare(&config.listen) {
+    let mut prepared = match listen::prepare(&config.listen) {
         Ok(p) => p,
         Err(e) => {
             stderr_line(&format!("relay-server: {e}"));
@@ -67,13 +67,39 @@ async fn serve(config: config::Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let bound = match relay.local_addrs() {
+    let mut bound = match relay.local_addrs() {
         Ok(a) => a,
         Err(e) => {
             stderr_line(&format!("relay-server: cannot read the bound address: {e}"));
             return ExitCode::from(1);
         }
     };
+    // ACME mode: the HTTP-01 listener (bound like the main one: failure is exit 1) and the
+    // manager, which orders at once unless a valid certificate was cached.
+    let (acme_stop, acme_stop_rx) = tokio::sync::watch::channel(false);
+    let mut acme_manager = None;
+    if let Some(acme) = prepared.acme.take() {
+        relay.shared().metrics.attach_acme(acme.stats.clone());
+        if let Some((http_addr, responder)) = acme.http01 {
+            let listener = match tokio::net::TcpListener::bind(http_addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    error!(addr = %http_addr, err = %e, "cannot bind listener");
+                    stderr_line(&format!("relay-server: cannot listen on {http_addr}: {e}"));
+                    return ExitCode::from(1);
+                }
+            };
+            match listener.local_addr() {
+                Ok(a) => bound.push(a),
+                Err(e) => {
+                    stderr_line(&format!("relay-server: cannot read the bound address: {e}"));
+                    return ExitCode::from(1);
+                }
+            }
+            tokio::spawn(responder.serve(listener, acme_stop_rx));
+        }
+        acme_manager = Some(tokio::spawn(acme.manager.run()));
+    }
     let metrics_addr = match config.ops.metrics_listen {
         None => None,
         Some(addr) => match MetricsListener::bind(addr).await {
@@ -125,6 +151,10 @@ async fn serve(config: config::Config) -> ExitCode {
         handle.shutdown();
     });
     relay.run().await;
+    acme_stop.send_replace(true);
+    if let Some(manager) = acme_manager {
+        manager.abort();
+    }
     ExitCode::SUCCESS
 }
 

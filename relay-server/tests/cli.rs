@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use relay_testkit::client::{fresh_server_id, FakeBinary};
+use relay_testkit::client::{fresh_server_id, FakeBinary, FakePhone};
 use relay_testkit::tls::{self as ttls, test_certificate, TestCertificate};
 use support::real::{hold_a_port, relay, round_trip, run_to_exit, Running, PATIENCE};
 
@@ -669,4 +669,97 @@ async fn behind_real_haproxy_send_proxy_v2_the_client_address_is_the_remote() {
         line.contains(&format!("remote={client_addr}")),
         "the client's own address {client_addr}, not haproxy's: {line}"
     );
+}
+
+/// §9 ACME mode through the real binary: a certificate from a real Pebble (TLS-ALPN-01 on the
+/// HTTPS listener), a fake binary and phone over wss trusting only Pebble's root with the
+/// domain as SNI and Host, then a restart that serves the cached certificate with no new order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_mode_gets_a_certificate_from_pebble_and_serves_wss_across_a_restart() {
+    use relay_testkit::pebble::{Pebble, PebbleOptions};
+    let domain = "relay.example.com";
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (https_port, http_port) = (free(), free());
+    let Some(pebble) = Pebble::start(PebbleOptions::new(http_port, https_port)).await else {
+        return;
+    };
+    let cache = relay_testkit::scratch::Scratch::new("cli-acme").unwrap();
+    let cache_dir = cache.path().join("cache");
+    let https = format!("127.0.0.1:{https_port}");
+    let http = format!("127.0.0.1:{http_port}");
+    let args = [
+        "--domain",
+        domain,
+        "--https-listen",
+        &https,
+        "--http-listen",
+        &http,
+        "--cert-cache",
+        cache_dir.to_str().unwrap(),
+        "--acme-directory",
+        &pebble.directory_url,
+        "--acme-ca-root",
+        pebble.api_root.to_str().unwrap(),
+    ];
+    let mut relay = Running::spawn(&args, &[]);
+    let line = relay.line_with("listening addr=").expect("listening");
+    assert!(
+        line.contains(&format!("addr={https},{http} mode=acme")),
+        "{line}"
+    );
+    relay
+        .line_with(&format!(
+            "ACME certificate issued for {domain} by tls-alpn-01"
+        ))
+        .expect("issued");
+    let roots = pebble.issuer_roots().await;
+    let addr: SocketAddr = https.parse().unwrap();
+    ttls::register(
+        addr,
+        ttls::TlsTarget {
+            config: ttls::client_config(&roots),
+            server_name: rustls_pki_types::ServerName::try_from(domain.to_owned()).unwrap(),
+        },
+    );
+    let round_trip_as_domain = || async {
+        let id = fresh_server_id();
+        let mut binary = FakeBinary::builder(addr, &id)
+            .host(domain)
+            .connect()
+            .await
+            .expect("binary");
+        let mut phone = FakePhone::builder(addr, &id)
+            .host(domain)
+            .connect()
+            .await
+            .expect("phone");
+        phone.send_text(r#"{"hello": "binary"}"#).await.unwrap();
+        let env = binary.recv_envelope().await.unwrap();
+        assert_eq!(env.frame(), Some(r#"{"hello": "binary"}"#));
+        binary
+            .send_to(&env.conn_id, r#"{"hello":"phone"}"#)
+            .await
+            .unwrap();
+        assert_eq!(phone.recv_text().await.unwrap(), r#"{"hello":"phone"}"#);
+    };
+    round_trip_as_domain().await;
+    let orders = pebble.count_log("Added order");
+    drop(relay);
+
+    let mut relay = Running::spawn(&args, &[]);
+    relay.line_with("listening addr=").expect("listening again");
+    relay
+        .line_with(&format!(
+            "ACME: serving the cached certificate for {domain}"
+        ))
+        .expect("cached");
+    round_trip_as_domain().await;
+    assert_eq!(pebble.count_log("Added order"), orders, "{}", pebble.log());
+    drop(relay);
 }

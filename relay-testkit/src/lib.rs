@@ -10,6 +10,8 @@
 //! - [`fcm`] (feature `net`): a stand-in for Google's token endpoint and FCM HTTP v1 over real
 //!   HTTPS, with a test-only service-account key, for push wake (§4.4).
 //! - [`services`]: finding the real programs (Pebble, Redis, HAProxy) that some tests need.
+//! - [`pebble`] (feature `net`): a real Pebble ACME CA with its DNS server, for ACME tests.
+//! - [`scratch`]: a temporary directory removed on drop.
 
 pub mod mock;
 
@@ -27,7 +29,10 @@ pub mod fcm;
 #[cfg(feature = "net")]
 pub mod load;
 #[cfg(feature = "net")]
+pub mod pebble;
+#[cfg(feature = "net")]
 pub mod raw;
+pub mod scratch;
 #[cfg(feature = "net")]
 pub mod tls;
 

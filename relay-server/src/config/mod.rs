@@ -158,7 +158,7 @@ impl Feature {
     pub const fn built(self) -> bool {
         match self {
             Feature::Tls => true,
-            Feature::Acme => false,
+            Feature::Acme => true,
             Feature::Metrics => true,
             Feature::RateLimits => true,
             Feature::HandshakeTimeout => true,

@@ -12,6 +12,7 @@
 //! `dev` (`--dev-tls`), `proxy` (PROXY v2), `host` (Host check), `stream` and `split` (the
 //! stream type and its reader/writer split). Nothing here knows about WebSockets or roles.
 
+pub mod acme;
 pub mod dev;
 pub mod host;
 pub mod proxy;
@@ -74,6 +75,17 @@ pub struct Prepared {
     pub transport: Transport,
     /// Manual certificates, to reload on SIGHUP once serving.
     pub reloadable: Option<Arc<CertResolver>>,
+    /// ACME mode: the HTTP-01 responder (with `--http-listen`'s address) and the manager
+    /// task, for `main` to bind and spawn.
+    pub acme: Option<AcmeRun>,
+}
+
+/// What ACME mode runs beside the TLS listener.
+#[derive(Debug)]
+pub struct AcmeRun {
+    pub http01: Option<(SocketAddr, acme::Http01Responder)>,
+    pub manager: acme::Manager,
+    pub stats: Arc<acme::AcmeStats>,
 }
 
 /// Why a mode cannot be prepared: a boot error (exit 2).
@@ -83,8 +95,8 @@ pub enum PrepareError {
     Cert(#[from] tls::CertError),
     #[error(transparent)]
     Dev(#[from] dev::DevTlsError),
-    #[error("listener mode {0} is not available in this build")]
-    NotBuilt(&'static str),
+    #[error(transparent)]
+    Acme(#[from] acme::AcmeBootError),
 }
 
 /// Loads or makes what `mode` needs and says where to bind. Logs the development
@@ -96,6 +108,7 @@ pub fn prepare(mode: &ListenMode) -> Result<Prepared, PrepareError> {
             addr: *addr,
             transport: Transport::Plain,
             reloadable: None,
+            acme: None,
         }),
         ListenMode::DevTls {
             https_listen,
@@ -119,6 +132,7 @@ pub fn prepare(mode: &ListenMode) -> Result<Prepared, PrepareError> {
                     proxy_protocol: false,
                 }),
                 reloadable: None,
+                acme: None,
             })
         }
         ListenMode::Tls {
@@ -136,10 +150,29 @@ pub fn prepare(mode: &ListenMode) -> Result<Prepared, PrepareError> {
                     proxy_protocol: *proxy_protocol,
                 }),
                 reloadable: Some(resolver),
+                acme: None,
             })
         }
-        // The acme helper's resolver plugs in here (see `tls` module docs).
-        ListenMode::Acme(_) => Err(PrepareError::NotBuilt("acme")),
+        ListenMode::Acme(mode) => {
+            let acme = acme::prepare(mode)?;
+            Ok(Prepared {
+                addr: mode.https_listen,
+                transport: Transport::Tls(TlsTransport {
+                    config: tls::server_config(
+                        acme.resolver.clone(),
+                        &[tls::ALPN_HTTP1, tls::ALPN_ACME_TLS],
+                    ),
+                    hosts: Arc::new(host::DomainHost(mode.domain.clone())),
+                    proxy_protocol: mode.proxy_protocol,
+                }),
+                reloadable: None,
+                acme: Some(AcmeRun {
+                    http01: mode.http_listen.zip(acme.http01),
+                    manager: acme.manager,
+                    stats: acme.stats,
+                }),
+            })
+        }
     }
 }
 
@@ -170,6 +203,11 @@ pub async fn handshake(
         peer
     };
     match TlsAcceptor::from(tls.config.clone()).accept(tcp).await {
+        // A CA validating TLS-ALPN-01 (RFC 8737 §3): the handshake was the whole answer.
+        Ok(stream) if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_ACME_TLS) => {
+            debug!(remote = %remote, "acme-tls/1 handshake done, connection closed");
+            None
+        }
         Ok(stream) => Some((ServerStream::Tls(Box::new(stream)), remote)),
         Err(e) => {
             debug!(remote = %remote, err = %e, "TLS handshake failed");

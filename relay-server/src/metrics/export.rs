@@ -34,7 +34,6 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 enum Value {
     U(u64),
     F(f64),
-    I(i64),
 }
 
 type Labels = Vec<(&'static str, &'static str)>;
@@ -127,12 +126,8 @@ fn encode_value(
     match (kind, value) {
         (MetricType::Counter, Value::U(v)) => m.encode_counter::<NoLabelSet, _, u64>(&v, None),
         (MetricType::Counter, Value::F(v)) => m.encode_counter::<NoLabelSet, _, u64>(&v, None),
-        (MetricType::Counter, Value::I(v)) => {
-            m.encode_counter::<NoLabelSet, _, u64>(&(v.max(0) as u64), None)
-        }
         (_, Value::U(v)) => m.encode_gauge(&v),
         (_, Value::F(v)) => m.encode_gauge(&v),
-        (_, Value::I(v)) => m.encode_gauge(&v),
     }
 }
 
@@ -260,15 +255,12 @@ fn snapshot(shared: &Shared) -> Snapshot {
     s.by(
         "pyrycode_relay_acme_orders",
         "ACME certificate orders by outcome.",
-        |o: AcmeOutcome| m.acme_orders.get(o),
+        |o: AcmeOutcome| m.acme_orders(o),
     );
     s.gauge(
         "pyrycode_relay_certificate_expiry_timestamp_seconds",
         "Unix time the served certificate expires (0: none).",
-        Value::I(
-            m.certificate_expiry
-                .load(std::sync::atomic::Ordering::Relaxed),
-        ),
+        Value::U(m.certificate_expiry()),
     );
     s.by_two(
         "pyrycode_relay_cluster_directory_operations",

@@ -13,10 +13,16 @@ pub mod labels;
 pub mod process;
 pub mod serve;
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use relay_core::envelope::EnvelopeError;
 use relay_core::Close;
+
+use crate::listen::acme::{AcmeStats, OrderOutcome};
+
+/// Reads the served certificate's notAfter, in Unix seconds (0: none).
+pub type ExpirySource = Box<dyn Fn() -> u64 + Send + Sync>;
 
 pub use labels::{
     AcmeOutcome, AdmissionLimit, CloseReason, ClusterOp, ClusterOutcome, Direction, DropReason,
@@ -111,7 +117,7 @@ impl Sharded {
 }
 
 /// Every counter the relay keeps. One per [`crate::shared::Shared`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Metrics {
     frames: [Sharded; 2],
     bytes: [Sharded; 2],
@@ -125,9 +131,10 @@ pub struct Metrics {
     pub takeovers: AtomicU64,
     pub grace_expiries: AtomicU64,
     pub admission_refusals: ByLabel<AdmissionLimit>,
-    pub acme_orders: ByLabel<AcmeOutcome>,
-    /// Unix time the current certificate expires; 0 when there is none (or no TLS).
-    pub certificate_expiry: AtomicI64,
+    /// ACME mode's own counters (orders, the served certificate's expiry), once attached.
+    acme: OnceLock<Arc<AcmeStats>>,
+    /// Where the served certificate's expiry (Unix seconds) is read in the other TLS modes.
+    certificate_expiry: OnceLock<ExpirySource>,
     pub cluster_ops: ByTwo<ClusterOp, ClusterOutcome>,
     pub cluster_forwarded: ByLabel<ForwardOutcome>,
     pub panics: ByLabel<PanicPoint>,
@@ -138,6 +145,35 @@ pub struct Metrics {
 pub const MALFORMED_KINDS: [EnvelopeError; 13] = EnvelopeError::ALL;
 
 impl Metrics {
+    /// ACME mode: export its orders and its certificate's expiry (§9, §10).
+    pub fn attach_acme(&self, stats: Arc<AcmeStats>) {
+        let _ = self.acme.set(stats);
+    }
+
+    /// Manual and development TLS: where to read the served certificate's expiry.
+    pub fn attach_certificate_expiry(&self, source: ExpirySource) {
+        let _ = self.certificate_expiry.set(source);
+    }
+
+    pub fn acme_orders(&self, outcome: AcmeOutcome) -> u64 {
+        let Some(acme) = self.acme.get() else {
+            return 0;
+        };
+        acme.orders(match outcome {
+            AcmeOutcome::Issued => OrderOutcome::Issued,
+            AcmeOutcome::Renewed => OrderOutcome::Renewed,
+            AcmeOutcome::Failed => OrderOutcome::Failed,
+        })
+    }
+
+    /// The served certificate's notAfter in Unix seconds; 0 without one.
+    pub fn certificate_expiry(&self) -> u64 {
+        if let Some(acme) = self.acme.get() {
+            return acme.expiry_unix_seconds();
+        }
+        self.certificate_expiry.get().map_or(0, |read| read())
+    }
+
     /// One message forwarded (§10 `frames_forwarded_total{direction}` and its bytes), counted
     /// on the shard of the connection that read it.
     pub fn forwarded(&self, direction: Direction, shard: usize, bytes: usize) {
@@ -189,6 +225,12 @@ impl Metrics {
 
     pub fn read(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
     }
 }
 
