@@ -22,6 +22,7 @@ use crate::admission::ip::Refusal;
 use crate::listen::host::{host_allowed, AllowedHosts};
 use crate::listen::stats::PreUpgrade;
 use crate::listen::stream::ServerStream;
+use crate::logging::panics::Guarded;
 use crate::metrics::{AdmissionLimit, Endpoint as EndpointLabel, RegisterFailure, UpgradeOutcome};
 use crate::roles::binary::{self, BinaryHello};
 use crate::roles::phone::{self, PhoneHello};
@@ -279,7 +280,8 @@ fn upgrade(
         Hello::Binary(h) => Upgrading::Binary(binary::claim_before_upgrade(&shared, h)),
         Hello::Phone(h) => Upgrading::Phone(h),
     };
-    tokio::spawn(async move {
+    // Guarded: a panic in this connection is logged once, by its own guard (issue 11).
+    tokio::spawn(Guarded(Box::pin(async move {
         let _slot = slot;
         let _ip_slot = ip_slot;
         let ws = match fut.await {
@@ -308,7 +310,7 @@ fn upgrade(
                 run(shared, upgrading, r, w, Bytes::new()).await;
             }
         }
-    });
+    })));
     response.map(|_| Full::new(Bytes::new()))
 }
 

@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod cluster;
 pub mod config;
+pub mod faults;
 pub mod http;
 pub mod listen;
 pub mod logging;

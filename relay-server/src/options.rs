@@ -39,6 +39,8 @@ pub struct RelayOptions {
     pub ipv6_prefix_len: u8,
     /// Take the client IP from the left-most `X-Forwarded-For` entry (§8).
     pub trust_x_forwarded_for: bool,
+    /// Test-only fault injection (never set by a flag): see [`crate::faults`].
+    pub faults: Option<std::sync::Arc<crate::faults::Faults>>,
     /// How upgraded TLS connections split (benchmarks compare; always `Own` in the binary).
     pub tls_split: TlsSplit,
     /// Push wake (§4.4): `None` is off. Loaded at boot by [`PushSettings::load`] (it reads
@@ -72,6 +74,7 @@ impl Default for RelayOptions {
             trust_x_forwarded_for: false,
             tls_split: TlsSplit::Own,
             push: None,
+            faults: None,
         }
     }
 }
@@ -119,6 +122,7 @@ impl From<&crate::config::Config> for RelayOptions {
             trust_x_forwarded_for: c.admission.trust_x_forwarded_for,
             tls_split: TlsSplit::Own,
             push: None,
+            faults: None,
         }
     }
 }

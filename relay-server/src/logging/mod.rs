@@ -32,6 +32,7 @@
 //! blocks or panics anything, and shutdown waits for the writer at most [`FLUSH_WAIT`].
 //! Nothing after boot writes to stderr directly ([`stderr_line`] never panics either).
 
+pub mod panics;
 pub mod throttle;
 
 use std::io::{IsTerminal, Write};
@@ -148,21 +149,8 @@ pub fn init(format: LogFormat) -> LogGuard {
     if let Some(err) = filter_err {
         tracing::warn!(err = %err, "RUST_LOG is not a valid filter; logging at info");
     }
-    install_panic_hook();
+    panics::install_hook();
     LogGuard(Some(guard))
-}
-
-/// A panic is logged once, through the same lossy sink, with where it happened and never
-/// its message (which could quote data). The default hook would write to stderr directly.
-fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let at = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        let thread = std::thread::current();
-        tracing::error!(err = %at, reason = thread.name().unwrap_or("unnamed"), "a task panicked");
-    }));
 }
 
 /// The filter for a `RUST_LOG` value, plus the parse error when it had to fall back.

@@ -12,6 +12,8 @@ use relay_core::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
+use crate::logging::throttle::Throttle;
+use crate::metrics::PanicPoint;
 use crate::metrics::{
     Direction, DropReason, Endpoint, Metrics, ReclaimPolicyLabel, RegisterFailure, UpgradeOutcome,
 };
@@ -87,7 +89,15 @@ where
         lease.clone(),
         outcome,
     ));
+    // From here on, however this task ends (a panic included), the slot is released.
+    let exit = Exit {
+        shared: shared.clone(),
+        server_id: hello.server_id.clone(),
+        peer: peer.clone(),
+        lease: lease.clone(),
+    };
     let max = shared.opts.max_binary_message();
+    let mut warnings = Throttle::default();
     let ended = session::run(
         &shared,
         &peer,
@@ -100,24 +110,21 @@ where
             // Until the claim is decided the binary holds nothing: what it sends is discarded
             // (§6.2).
             match (lease.get(), msg) {
-                (Some(lease), Inbound::Message(msg)) => route(&shared, lease, &peer, &msg),
-                (Some(lease), Inbound::Oversize(first)) => oversize(&shared, lease, &first),
+                (Some(lease), Inbound::Message(msg)) => {
+                    route(&shared, lease, &peer, &msg, &mut warnings)
+                }
+                (Some(lease), Inbound::Oversize(first)) => {
+                    oversize(&shared, lease, &first, &mut warnings)
+                }
                 (None, _) => shared.metrics.drops.inc(DropReason::DuringProbe),
             }
             std::future::ready(Ok(()))
         },
     )
     .await;
-    peer.finish();
-    // The claim may still be probing an incumbent; its outcome decides what we release.
-    let _ = claim.await;
-    if let Some(lease) = lease.get() {
-        if let Some(ticket) = shared.registry.release(lease) {
-            Metrics::count(&shared.metrics.grace_started);
-            info!(server_id = %hello.server_id, conn_id = %peer.id(), "binary gone, grace period started");
-            tokio::spawn(grace_timer(shared.clone(), ticket));
-        }
-    }
+    drop(exit);
+    // A claim still probing an incumbent finds the connection over and releases what it gets.
+    drop(claim);
     info!(
         server_id = %hello.server_id,
         conn_id = %peer.id(),
@@ -127,9 +134,46 @@ where
     );
 }
 
+/// Releases the binary's slot into grace (§6.3, §6.5) when its connection task ends, however
+/// it ends: normally, or unwinding from a panic.
+struct Exit {
+    shared: Arc<Shared>,
+    server_id: ServerId,
+    peer: Peer,
+    lease: Arc<OnceLock<BinaryLease<Peer>>>,
+}
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        self.peer.finish();
+        // Pairs with the fence in `claim`: of "connection over" and "lease installed", each
+        // side writes one and reads the other, so at least one of them sees both.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        if let Some(lease) = self.lease.get() {
+            release(&self.shared, &self.server_id, &self.peer, lease);
+        }
+    }
+}
+
+/// Puts the slot in grace if `lease` still holds it; a stale or repeated release does nothing.
+fn release(shared: &Arc<Shared>, server_id: &ServerId, peer: &Peer, lease: &BinaryLease<Peer>) {
+    if let Some(ticket) = shared.registry.release(lease) {
+        Metrics::count(&shared.metrics.grace_started);
+        info!(server_id = %server_id, conn_id = %peer.id(), "binary gone, grace period started");
+        tokio::spawn(grace_timer(shared.clone(), ticket));
+    }
+}
+
 /// §4.2: one envelope from the binary, zero-copy to the phone; §4.4: a push wake, handed to
 /// the push service with one call that never waits.
-fn route(shared: &Shared, lease: &BinaryLease<Peer>, binary: &Peer, msg: &Bytes) {
+fn route(
+    shared: &Shared,
+    lease: &BinaryLease<Peer>,
+    binary: &Peer,
+    msg: &Bytes,
+    warnings: &mut Throttle,
+) {
+    crate::faults::hit(&shared.opts.faults, PanicPoint::Routing);
     let env = match envelope::parse_from_binary(msg) {
         Ok(FromBinary::ToPhone(env)) => env,
         Ok(FromBinary::Wake(wake)) => {
@@ -138,10 +182,13 @@ fn route(shared: &Shared, lease: &BinaryLease<Peer>, binary: &Peer, msg: &Bytes)
         }
         Err(e) => {
             shared.metrics.malformed_envelope(e);
-            if e.is_wake() {
-                warn!(server_id = %lease.server_id(), reason = e.as_str(), "malformed push wake dropped");
-            } else {
-                warn!(server_id = %lease.server_id(), reason = e.as_str(), "malformed envelope dropped");
+            // §4.2: at most a few per connection per second, with a count of the rest.
+            if let Some(suppressed) = warnings.allow() {
+                if e.is_wake() {
+                    warn!(server_id = %lease.server_id(), reason = e.as_str(), suppressed, "malformed push wake dropped");
+                } else {
+                    warn!(server_id = %lease.server_id(), reason = e.as_str(), suppressed, "malformed envelope dropped");
+                }
             }
             return;
         }
@@ -173,19 +220,23 @@ fn route(shared: &Shared, lease: &BinaryLease<Peer>, binary: &Peer, msg: &Bytes)
 /// §7: a message over the binary leg's limit was discarded as it arrived. The binary stays
 /// connected; if its first bytes name a phone of this server-id, that phone alone is closed
 /// 1009, after what was queued for it before.
-fn oversize(shared: &Shared, lease: &BinaryLease<Peer>, first: &[u8]) {
+fn oversize(shared: &Shared, lease: &BinaryLease<Peer>, first: &[u8], warnings: &mut Throttle) {
     shared.metrics.drops.inc(DropReason::OversizeMessage);
     let phone = envelope::sniff_conn_id(first).and_then(|id| lease.route(&id));
-    match &phone {
-        Some(phone) => warn!(
-            server_id = %lease.server_id(),
-            conn_id = %phone.id(),
-            "binary message over the size limit discarded; closing the phone it was for"
-        ),
-        None => warn!(
-            server_id = %lease.server_id(),
-            "binary message over the size limit discarded"
-        ),
+    if let Some(suppressed) = warnings.allow() {
+        match &phone {
+            Some(phone) => warn!(
+                server_id = %lease.server_id(),
+                conn_id = %phone.id(),
+                suppressed,
+                "binary message over the size limit discarded; closing the phone it was for"
+            ),
+            None => warn!(
+                server_id = %lease.server_id(),
+                suppressed,
+                "binary message over the size limit discarded"
+            ),
+        }
     }
     if let Some(phone) = phone {
         phone.close(Close::TOO_BIG);
@@ -205,6 +256,13 @@ async fn claim(
                 let evicted = claimed.evicted.len();
                 claimed.apply();
                 let _ = lease.set(claimed.lease.clone());
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                if peer.is_done() {
+                    // The connection ended while the claim was being decided: its exit found
+                    // no lease to release, so this does it.
+                    release(&shared, &server_id, &peer, &claimed.lease);
+                    return;
+                }
                 shared
                     .metrics
                     .upgrades

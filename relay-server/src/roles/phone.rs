@@ -10,7 +10,9 @@ use relay_core::{Close, CloseCode, Conn, Departure, PhoneLease, Registration, Se
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
-use crate::metrics::{Direction, DropReason, Endpoint, RegisterFailure, UpgradeOutcome};
+use crate::metrics::{
+    Direction, DropReason, Endpoint, PanicPoint, RegisterFailure, UpgradeOutcome,
+};
 use crate::shared::Shared;
 use crate::ws::peer::{Peer, Role};
 use crate::ws::reader::{Inbound, Oversize, ReadEnd};
@@ -53,14 +55,30 @@ where
             None
         }
     };
-    info!(
-        server_id = %hello.server_id,
-        conn_id = %peer.id(),
-        remote = %hello.remote,
-        device_name = hello.device_name.as_deref().unwrap_or(""),
-        registered = lease.is_some(),
-        "phone connected"
-    );
+    match (&lease, peer.close_request()) {
+        (Some(_), _) => info!(
+            server_id = %hello.server_id,
+            conn_id = %peer.id(),
+            remote = %hello.remote,
+            device_name = hello.device_name.as_deref().unwrap_or(""),
+            "phone connected"
+        ),
+        (None, close) => info!(
+            server_id = %hello.server_id,
+            conn_id = %peer.id(),
+            remote = %hello.remote,
+            close_code = close.map_or(0, |c| c.close.code.as_u16()),
+            reason = close.map_or("", |c| c.close.reason),
+            "phone refused after the upgrade"
+        ),
+    }
+    // From here on, however this task ends (a panic included), the phone is unregistered.
+    let mut exit = Exit {
+        shared: shared.clone(),
+        peer: peer.clone(),
+        lease,
+        departure: Departure::Closed(Close::INTERNAL_ERROR.code),
+    };
     let max = shared.opts.max_message_size;
     let ended = session::run(
         &shared,
@@ -70,20 +88,45 @@ where
         prefix,
         max,
         Oversize::Close,
-        |msg| forward(&shared, &peer, lease.as_ref(), msg),
+        |msg| forward(&shared, &peer, exit.lease.as_ref(), msg),
     )
     .await;
-    peer.finish();
-    let Some(lease) = lease else { return };
-    let departure = departure(&shared, &ended);
-    if let Some(notice) = shared.registry.unregister_phone(&lease, departure) {
-        let _ = notice
-            .binary
-            .send_backpressured(close_notice(peer.id(), notice.code))
-            .await;
+    let registered = exit.lease.is_some();
+    exit.departure = departure(&shared, &ended);
+    drop(exit);
+    if registered {
+        let (close_code, reason) = ended.log_fields();
+        info!(server_id = %hello.server_id, conn_id = %peer.id(), close_code, reason, "phone disconnected");
     }
-    let (close_code, reason) = ended.log_fields();
-    info!(server_id = %hello.server_id, conn_id = %peer.id(), close_code, reason, "phone disconnected");
+}
+
+/// Unregisters the phone (§4.3: and tells its binary how it left) when its connection task
+/// ends, however it ends: normally, or unwinding from a panic (then as closed 1011).
+struct Exit {
+    shared: Arc<Shared>,
+    peer: Peer,
+    lease: Option<PhoneLease<Peer>>,
+    departure: Departure,
+}
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        self.peer.finish();
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if let Some(notice) = self
+            .shared
+            .registry
+            .unregister_phone(&lease, self.departure)
+        {
+            let msg = close_notice(self.peer.id(), notice.code);
+            // Queued behind everything this phone already sent; waits if the inbox is full.
+            tokio::spawn(async move {
+                let _ = notice.binary.send_backpressured(msg).await;
+            });
+        }
+    }
 }
 
 /// §4.1: check the message is JSON, then send it on (or hold it, during grace).
@@ -93,6 +136,7 @@ async fn forward(
     lease: Option<&PhoneLease<Peer>>,
     msg: Inbound,
 ) -> Result<(), Close> {
+    crate::faults::hit(&shared.opts.faults, PanicPoint::Routing);
     // A phone's reader closes over-size messages itself (§7); it never reports one.
     let Inbound::Message(msg) = msg else {
         return Err(Close::TOO_BIG);

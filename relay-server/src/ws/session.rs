@@ -2,12 +2,15 @@
 //! run a reader loop that only the end of the connection can interrupt, and close properly.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use relay_core::Close;
+use relay_core::{Close, Conn};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::error;
 
-use crate::metrics::CloseReason;
+use crate::logging::panics::Guarded;
+use crate::metrics::{CloseReason, Label, PanicPoint};
 use crate::shared::Shared;
 use crate::ws::peer::{CloseRequest, Peer};
 use crate::ws::reader::{Inbound, MessageReader, Oversize, ReadEnd, ReaderConfig};
@@ -65,12 +68,41 @@ impl Ended {
     }
 }
 
+/// Closes the connection 1011 if its task unwinds (issue 11), and counts and logs that once;
+/// what the connection holds elsewhere is released by the owners' own guards.
+struct PanicGuard<'a> {
+    shared: &'a Shared,
+    peer: &'a Peer,
+    /// What the task was doing: reading, or handing a message to its role.
+    stage: PanicPoint,
+}
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let at = crate::logging::panics::take_location();
+        let m = &self.shared.metrics;
+        m.panics.inc(self.stage);
+        m.closed(self.peer.role().label(), CloseReason::InternalError);
+        error!(
+            conn_id = %self.peer.id(),
+            reason = self.stage.as_str(),
+            err = %at,
+            "connection task panicked; closing it 1011, nothing else is affected"
+        );
+        self.peer.close_now(Close::INTERNAL_ERROR);
+        self.peer.mark_reader_gone();
+    }
+}
+
 /// Runs one connection: `on_message` gets every whole data message (or over-size report) in
 /// order; awaiting it applies back-pressure to this socket. `max_message` and `oversize` are
 /// the connection's leg's size rule (§7). Returns how it ended once the writer is done.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<R, W, F, Fut>(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: &Peer,
     read: R,
     write: W,
@@ -85,7 +117,14 @@ where
     F: FnMut(Inbound) -> Fut,
     Fut: Future<Output = Result<(), Close>>,
 {
-    let writer = tokio::spawn(peer.clone().run_writer(write, shared.shutdown.clone()));
+    let writer = tokio::spawn(Guarded(Box::pin(
+        peer.clone().run_writer(write, shared.clone()),
+    )));
+    let mut guard = PanicGuard {
+        shared,
+        peer,
+        stage: PanicPoint::Reader,
+    };
     let cfg = ReaderConfig {
         max_message,
         read_timeout: shared.opts.message_read_timeout,
@@ -94,6 +133,7 @@ where
     let mut reader = MessageReader::new(read, prefix, cfg, shared.budget.meter());
     let end = loop {
         // `next` is cancel-safe; it only ever loses the race once the connection is over.
+        guard.stage = PanicPoint::Reader;
         let next = tokio::select! {
             biased;
             _ = peer.done() => Err(ReadEnd::Stopped),
@@ -101,6 +141,8 @@ where
         };
         match next {
             Ok(msg) => {
+                crate::faults::hit(&shared.opts.faults, PanicPoint::Reader);
+                guard.stage = PanicPoint::Routing;
                 if let Err(close) = on_message(msg).await {
                     break ReadEnd::Violation(close);
                 }

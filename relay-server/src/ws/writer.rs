@@ -5,7 +5,11 @@
 //! many messages, no copy of their bytes). The queue lock is never held across an await.
 
 use std::io::{self, IoSlice};
-use std::sync::atomic::Ordering;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::FutureExt;
+use tracing::error;
 
 use bytes::Bytes;
 use relay_core::{Close, Conn};
@@ -15,6 +19,8 @@ use tokio::time::{sleep_until, Instant};
 
 use super::frame::{frame_head, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 use super::heartbeat::Heartbeat;
+use crate::metrics::PanicPoint;
+
 use super::peer::{permits_for, CloseRequest, OutMsg, Peer, BATCH, BATCH_BYTES, CLOSE_LINGER};
 
 /// Why the writer stopped.
@@ -83,11 +89,90 @@ impl Peer {
     }
 
     /// The writer task: runs until the close frame is out or the socket fails, then marks the
-    /// connection finished. `shutdown` flipping to true closes with 1001 "shutting down".
+    /// connection finished. Shutdown (`shared.shutdown` flipping to true) closes with 1001
+    /// "shutting down".
+    ///
+    /// A panic inside the writer is caught here (issue 11): it is counted and logged once,
+    /// the connection is closed 1011 "internal error" when no frame was half written (else
+    /// the socket is just dropped), and everything ends as after any other close.
     pub async fn run_writer<W: AsyncWrite + Unpin>(
         self,
         mut sink: W,
+        shared: std::sync::Arc<crate::shared::Shared>,
+    ) -> WriterEnd {
+        let mid_write = AtomicBool::new(false);
+        let looped = AssertUnwindSafe(self.write_loop(
+            &mut sink,
+            shared.shutdown.clone(),
+            &shared.opts.faults,
+            &mid_write,
+        ))
+        .catch_unwind()
+        .await;
+        let end = match looped {
+            Ok(end) => end,
+            Err(_) => {
+                let at = crate::logging::panics::take_location();
+                shared.metrics.panics.inc(PanicPoint::Writer);
+                error!(
+                    conn_id = %self.id(),
+                    reason = "writer",
+                    err = %at,
+                    "connection task panicked; closing it 1011, nothing else is affected"
+                );
+                self.request_close(CloseRequest {
+                    close: Close::INTERNAL_ERROR,
+                    by_binary: false,
+                    urgent: true,
+                });
+                if mid_write.load(Ordering::Acquire) {
+                    // A frame may be half written: a close frame now would corrupt the stream.
+                    WriterEnd::Failed
+                } else {
+                    let mut batch = Batch {
+                        pong: None,
+                        ping: false,
+                        messages: Vec::new(),
+                        bytes: 0,
+                        close: Some(Close::INTERNAL_ERROR),
+                    };
+                    let write = write_batch(&mut sink, &mut batch);
+                    match tokio::time::timeout(self.inner.limits.write_timeout, write).await {
+                        Ok(Ok(())) => WriterEnd::Closed(Close::INTERNAL_ERROR),
+                        _ => WriterEnd::Failed,
+                    }
+                }
+            }
+        };
+        if end == WriterEnd::WriteTimeout {
+            // The socket is stuck: nothing more can be written, not even a close frame.
+            self.request_close(CloseRequest {
+                close: Close::WRITE_TIMEOUT,
+                by_binary: false,
+                urgent: true,
+            });
+        }
+        self.stop_sending();
+        if let WriterEnd::Closed(_) = end {
+            // Give the peer a moment to answer our close frame, then stop the reader.
+            let _ = sink.flush().await;
+            tokio::select! {
+                _ = self.reader_gone() => {}
+                _ = tokio::time::sleep(CLOSE_LINGER) => {}
+            }
+        }
+        let _ = sink.shutdown().await;
+        self.finish();
+        end
+    }
+
+    /// The writer's loop, until the close frame is out, the socket fails or a write times out.
+    async fn write_loop<W: AsyncWrite + Unpin>(
+        &self,
+        sink: &mut W,
         mut shutdown: watch::Receiver<bool>,
+        faults: &Option<std::sync::Arc<crate::faults::Faults>>,
+        mid_write: &AtomicBool,
     ) -> WriterEnd {
         let limits = self.inner.limits;
         let mut spare: Vec<OutMsg> = Vec::new();
@@ -95,7 +180,7 @@ impl Peer {
         let heartbeat = sleep_until(beat.deadline());
         tokio::pin!(heartbeat);
         let mut shutdown_requested = false;
-        let end = loop {
+        loop {
             let mut batch = self.take_batch(&mut spare);
             let idle = batch.pong.is_none()
                 && !batch.ping
@@ -105,7 +190,7 @@ impl Peer {
                 spare = batch.messages;
                 if self.inner.reader_gone.load(Ordering::Acquire) {
                     // The peer vanished: nobody is left to write to.
-                    break WriterEnd::Failed;
+                    return WriterEnd::Failed;
                 }
                 // Shutdown may have begun while a write was in progress (or before this writer
                 // started); the select below only sees it flip while idle.
@@ -129,9 +214,13 @@ impl Peer {
                 }
                 continue;
             }
+            if !batch.messages.is_empty() {
+                crate::faults::hit(faults, PanicPoint::Writer);
+            }
+            mid_write.store(true, Ordering::Release);
             let result =
-                tokio::time::timeout(limits.write_timeout, write_batch(&mut sink, &mut batch))
-                    .await;
+                tokio::time::timeout(limits.write_timeout, write_batch(sink, &mut batch)).await;
+            mid_write.store(false, Ordering::Release);
             // Whatever was written or dropped no longer counts against the inbox.
             self.release_inbox(batch.bytes);
             batch.messages.clear();
@@ -140,38 +229,18 @@ impl Peer {
                 spare.shrink_to(BATCH);
             }
             match result {
-                Err(_) => break WriterEnd::WriteTimeout,
-                Ok(Err(_)) => break WriterEnd::Failed,
+                Err(_) => return WriterEnd::WriteTimeout,
+                Ok(Err(_)) => return WriterEnd::Failed,
                 Ok(Ok(())) => {}
             }
             if let Some(close) = batch.close {
-                break WriterEnd::Closed(close);
+                return WriterEnd::Closed(close);
             }
             // A writer that is never idle must still ping and check pongs (§7).
             if Instant::now() >= beat.deadline() {
                 self.heartbeat(&mut beat);
             }
-        };
-        if end == WriterEnd::WriteTimeout {
-            // The socket is stuck: nothing more can be written, not even a close frame.
-            self.request_close(CloseRequest {
-                close: Close::WRITE_TIMEOUT,
-                by_binary: false,
-                urgent: true,
-            });
         }
-        self.stop_sending();
-        if let WriterEnd::Closed(_) = end {
-            // Give the peer a moment to answer our close frame, then stop the reader.
-            let _ = sink.flush().await;
-            tokio::select! {
-                _ = self.reader_gone() => {}
-                _ = tokio::time::sleep(CLOSE_LINGER) => {}
-            }
-        }
-        let _ = sink.shutdown().await;
-        self.finish();
-        end
     }
 }
 
