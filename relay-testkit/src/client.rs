@@ -597,6 +597,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsClient<S> {
 
     /// Sends any message (tungstenite's type), e.g. a `Message::Pong` nobody asked for.
     pub async fn send(&mut self, message: Message) -> Result<(), ClientError> {
+        if let Message::Text(_) | Message::Binary(_) = &message {
+            crate::secrets::payload(&message.clone().into_data());
+        }
         let after = self.timeout;
         match timeout(after, self.ws.send(message)).await {
             Ok(result) => Ok(result?),

@@ -36,4 +36,5 @@ pub mod scratch;
 #[cfg(feature = "net")]
 pub mod tls;
 
+pub mod secrets;
 pub mod services;

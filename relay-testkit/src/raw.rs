@@ -123,6 +123,12 @@ impl HttpResponse {
 /// and the key, which [`RawClient`] checks against `Sec-WebSocket-Accept`. Tests that want to
 /// send only part of a request (header read timeout) write a prefix of these bytes themselves.
 pub fn upgrade_request(host: &str, path: &str, headers: &[(&str, &[u8])]) -> (Vec<u8>, String) {
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("x-pyrycode-token") || name.eq_ignore_ascii_case("user-agent")
+        {
+            crate::secrets::header(value);
+        }
+    }
     let key = generate_key();
     let defaults: [(&str, &[u8]); 5] = [
         ("Host", host.as_bytes()),
@@ -649,6 +655,9 @@ impl RawClient {
     /// Encodes a masked client frame with a fresh mask, to send later in pieces with
     /// [`RawClient::send_bytes`].
     pub fn encode(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        if !opcode.is_control() {
+            crate::secrets::payload(payload);
+        }
         let mask = self.next_mask();
         encode_frame(fin, opcode, payload, Some(mask))
     }

@@ -8,6 +8,7 @@
 //! it unchanged: `cargo test` runs every e2e test over both transports.
 #![allow(dead_code)]
 
+pub mod hygiene;
 pub mod real;
 
 use std::net::SocketAddr;
@@ -65,14 +66,26 @@ pub struct TestRelay {
     pub tls: bool,
     pub shared: Arc<Shared>,
     pub shutdown: ShutdownHandle,
-    pub join: JoinHandle<bool>,
+    join: Option<JoinHandle<bool>>,
 }
 
 impl TestRelay {
     /// Shuts down and returns whether every connection drained in time.
-    pub async fn stop(self) -> bool {
+    pub async fn stop(mut self) -> bool {
         self.shutdown.shutdown();
-        self.join.await.unwrap_or(false)
+        match self.join.take() {
+            Some(join) => join.await.unwrap_or(false),
+            None => false,
+        }
+    }
+}
+
+impl Drop for TestRelay {
+    /// Every test that ran a relay also checks the log lines the suite produced so far.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            hygiene::assert_clean();
+        }
     }
 }
 
@@ -107,6 +120,7 @@ pub async fn start(opts: RelayOptions) -> TestRelay {
 /// A relay on an ephemeral loopback port speaking `transport`; TLS addresses are registered
 /// with `relay_testkit::tls` so clients speak TLS to them.
 pub async fn start_with(transport: Transport, opts: RelayOptions) -> TestRelay {
+    hygiene::install();
     let tls = matches!(transport, Transport::Tls(_));
     let relay = Relay::bind_with("127.0.0.1:0".parse().unwrap(), transport, opts)
         .await
@@ -130,7 +144,7 @@ pub async fn start_with(transport: Transport, opts: RelayOptions) -> TestRelay {
         tls,
         shared,
         shutdown,
-        join,
+        join: Some(join),
     }
 }
 
