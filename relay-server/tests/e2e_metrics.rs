@@ -466,3 +466,78 @@ async fn violations_count_under_their_own_close_reason() {
     )
     .await;
 }
+
+/// Every metric name in an expression (PromQL functions and label names left out).
+fn series_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut in_braces = 0u32;
+    let mut in_quotes = false;
+    for c in expr.chars().chain(std::iter::once(' ')) {
+        match c {
+            '"' => in_quotes = !in_quotes,
+            '{' if !in_quotes => in_braces += 1,
+            '}' if !in_quotes => in_braces = in_braces.saturating_sub(1),
+            _ => {}
+        }
+        if !in_quotes && in_braces == 0 && (c.is_ascii_alphanumeric() || c == '_') {
+            word.push(c);
+            continue;
+        }
+        if word.starts_with("pyrycode_relay_") || word.starts_with("process_") {
+            out.push(std::mem::take(&mut word));
+        }
+        word.clear();
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_dashboard_and_alert_expression_names_a_series_the_relay_serves() {
+    // Issue 8: "a test that every expression names a series that /metrics actually serves".
+    let relay = support::start(support::fast_opts()).await;
+    let served: std::collections::BTreeSet<String> = Scrape::of(&relay)
+        .await
+        .0
+        .keys()
+        .map(|k| k.split('{').next().unwrap().to_owned())
+        .collect();
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{deploy}/grafana/relay.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let mut exprs: Vec<(String, String)> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let e = target["expr"].as_str().unwrap().to_owned();
+            exprs.push((format!("panel {}", panel["title"]), e));
+        }
+    }
+    let alerts = std::fs::read_to_string(format!("{deploy}/prometheus/alerts.yml")).unwrap();
+    let mut alert = String::new();
+    for line in alerts.lines() {
+        if let Some(name) = line.trim().strip_prefix("- alert:") {
+            alert = name.trim().to_owned();
+        }
+        if let Some(e) = line.trim().strip_prefix("expr:") {
+            exprs.push((format!("alert {alert}"), e.trim().to_owned()));
+        }
+    }
+    assert!(exprs.len() > 30, "{} expressions", exprs.len());
+    let mut named = 0;
+    for (where_, e) in &exprs {
+        let names = series_in(e);
+        assert!(!names.is_empty(), "{where_} names no series: {e}");
+        for n in names {
+            assert!(served.contains(&n), "{where_}: {n} is not served by /metrics ({e})");
+            named += 1;
+        }
+    }
+    assert!(named >= exprs.len());
+    // The parser itself: it must see through functions, label matchers and strings.
+    assert_eq!(
+        series_in(r#"sum by (x) (rate(pyrycode_relay_a_total{o=~"pyrycode_relay_no"}[5m])) / process_b"#),
+        ["pyrycode_relay_a_total", "process_b"]
+    );
+}

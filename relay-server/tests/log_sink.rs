@@ -193,3 +193,57 @@ async fn a_log_reader_that_stops_reading_never_blocks_the_relay() {
     sigterm_exits_0_in_time(&mut child).await;
     drop(stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_in_time_whatever_is_stuck() {
+    // Issue 11: a dead log sink, writers blocked on full sockets, peers that never answer the
+    // close: SIGTERM still exits 0 within --shutdown-timeout plus a second.
+    use relay_testkit::client::{fresh_server_id, FakeBinary};
+    use relay_testkit::raw::{RawClient, RawOptions};
+    let (mut child, stderr, addr, _metrics) = start("debug");
+    drop(stderr);
+    let sid = fresh_server_id();
+    let mut binary = FakeBinary::connect(addr, &sid).await.unwrap();
+    // Phones that never read, with tiny receive buffers; their binary fills their outboxes
+    // so their writers sit blocked in a write.
+    let mut stuck = Vec::new();
+    for _ in 0..4 {
+        let mut p = RawClient::connect_with(
+            addr,
+            "/v1/client",
+            &[
+                ("X-Pyrycode-Server", sid.as_bytes()),
+                ("User-Agent", b"stuck/1"),
+            ],
+            RawOptions {
+                recv_buffer_size: Some(4096),
+                ..RawOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        p.send_text("\"hi\"").await.unwrap();
+        let id = binary.recv_envelope().await.unwrap().conn_id;
+        stuck.push((p, id));
+    }
+    let block = format!("\"{}\"", "z".repeat(60 << 10));
+    for _ in 0..40 {
+        for (_, id) in &stuck {
+            binary.send_to(id, &block).await.unwrap();
+        }
+    }
+    // A raw binary that will never answer the relay's close frame.
+    let _silent = RawClient::connect(
+        addr,
+        "/v1/server",
+        &[
+            ("X-Pyrycode-Server", fresh_server_id().as_str()),
+            ("X-Pyrycode-Version", "1"),
+            ("User-Agent", "silent/1"),
+        ],
+    )
+    .await
+    .unwrap();
+    sigterm_exits_0_in_time(&mut child).await;
+    drop((stuck, binary));
+}
