@@ -71,11 +71,15 @@ struct ToBinaryValue<'a> {
 fn envelope_parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope_parse");
     for (name, len) in SIZES {
-        let env = envelope::to_binary(&conn_id(), &phone_frame(len), None);
+        let env = envelope::to_binary(&conn_id(), &phone_frame(len));
         g.throughput(Throughput::Bytes(env.len() as u64));
         g.bench_with_input(BenchmarkId::new("relay_core", name), &env, |b, env| {
             b.iter(|| {
-                let p = envelope::parse_to_phone(black_box(env)).expect("valid");
+                let Ok(envelope::FromBinary::ToPhone(p)) =
+                    envelope::parse_from_binary(black_box(env))
+                else {
+                    panic!("a routing envelope")
+                };
                 black_box((p.conn_id.len(), p.frame, p.close));
             })
         });
@@ -117,7 +121,7 @@ fn envelope_build(c: &mut Criterion) {
         let frame = phone_frame(len);
         g.throughput(Throughput::Bytes(len as u64));
         g.bench_with_input(BenchmarkId::new("relay_core", name), &frame, |b, frame| {
-            b.iter(|| black_box(envelope::to_binary(&id, black_box(frame), None)))
+            b.iter(|| black_box(envelope::to_binary(&id, black_box(frame))))
         });
         // Baselines get their frame pre-parsed for free: only the build is timed.
         let raw: &RawValue = serde_json::from_slice(&frame).expect("valid");

@@ -1,14 +1,19 @@
-//! The binary→phone envelope parser (§4.2) on arbitrary bytes: never panics, and what it
-//! returns is consistent with serde_json whenever serde_json can read the input.
+//! The parser of a binary's messages (§4.2 routing envelope, §4.4 push wake) on arbitrary
+//! bytes: never panics, and what it returns is consistent with serde_json whenever serde_json
+//! can read the input.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use relay_core::{envelope, json};
+use relay_core::envelope::{self, FromBinary};
+use relay_core::json;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(env) = envelope::parse_to_phone(data) else {
+    let Ok(parsed) = envelope::parse_from_binary(data) else {
         return;
     };
-    assert!(json::validate(data).is_ok(), "accepted an envelope that is not JSON");
+    assert!(json::validate(data).is_ok(), "accepted a message that is not JSON");
+    let FromBinary::ToPhone(env) = parsed else {
+        return;
+    };
     assert!(!env.conn_id.is_empty());
     assert!(env.frame.is_some() || env.close.is_some());
     if let Some(frame) = env.frame {

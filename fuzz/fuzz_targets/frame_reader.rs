@@ -42,7 +42,6 @@ fn run(data: &[u8], step: usize, max: usize, oversize: Oversize) -> Vec<String> 
     let out = rt.block_on(async {
         let peer = Peer::new(
             Role::Binary,
-            None,
             PeerLimits {
                 heartbeat_interval: Duration::from_secs(30),
                 heartbeat_timeout: Duration::from_secs(30),

@@ -1,23 +1,25 @@
 //! The routing envelope of the binary leg (protocol.md §4).
 //!
-//! Phone → binary: `{"conn_id":"…","frame":<phone bytes verbatim>[,"token":"…"]}`, built with
-//! one allocation of exactly the right size and no re-encoding of the frame.
-//! Binary → phone: parsed into a borrowed [`ToPhone`] whose `frame` is the value's exact bytes
-//! in the binary's message, so the caller can hand a zero-copy slice to the phone.
+//! Phone → binary: `{"conn_id":"…","frame":<phone bytes verbatim>}`, built with one
+//! allocation of exactly the right size and no re-encoding of the frame. It never carries the
+//! phone's token (§4.1): nothing here can even see it.
+//! Binary → relay: parsed by [`parse_from_binary`] into either a borrowed [`ToPhone`] whose
+//! `frame` is the value's exact bytes in the binary's message (so the caller can hand a
+//! zero-copy slice to the phone, §4.2), or a [`Wake`] (§4.4) whose push token no `Debug` or
+//! error ever shows.
 //! Close notice (§4.3): `{"conn_id":"…","close_code":N}`.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::close::CloseCode;
 use crate::conn::ConnId;
-use crate::headers::Token;
 use crate::json::{self, NotJson};
 
 const PREFIX: &[u8] = b"{\"conn_id\":\"";
 const FRAME: &[u8] = b"\",\"frame\":";
-const TOKEN: &[u8] = b",\"token\":\"";
 const CLOSE: &[u8] = b"\",\"close_code\":";
 
 /// Checks a phone's message (§4.1): valid UTF-8 JSON, any value. Grammar only.
@@ -26,40 +28,30 @@ pub fn validate_phone_frame(frame: &[u8]) -> Result<(), NotJson> {
 }
 
 /// The exact length of the envelope [`write_to_binary`] produces.
-pub fn to_binary_len(conn_id: &ConnId, frame: &[u8], token: Option<&Token>) -> usize {
-    PREFIX.len()
-        + conn_id.as_str().len()
-        + FRAME.len()
-        + frame.len()
-        + token.map_or(0, |t| TOKEN.len() + t.json_escaped().len() + 1)
-        + 1
+pub fn to_binary_len(conn_id: &ConnId, frame: &[u8]) -> usize {
+    PREFIX.len() + conn_id.as_str().len() + FRAME.len() + frame.len() + TO_BINARY_SUFFIX.len()
 }
 
 /// Appends the phone → binary envelope to `out`. `frame` must already be validated JSON.
-pub fn write_to_binary(out: &mut BytesMut, conn_id: &ConnId, frame: &[u8], token: Option<&Token>) {
-    out.reserve(to_binary_len(conn_id, frame, token));
+pub fn write_to_binary(out: &mut BytesMut, conn_id: &ConnId, frame: &[u8]) {
+    out.reserve(to_binary_len(conn_id, frame));
     out.put_slice(PREFIX);
     out.put_slice(conn_id.as_str().as_bytes());
     out.put_slice(FRAME);
     out.put_slice(frame);
-    if let Some(t) = token {
-        out.put_slice(TOKEN);
-        out.put_slice(t.json_escaped().as_bytes());
-        out.put_u8(b'"');
-    }
-    out.put_u8(b'}');
+    out.put_slice(TO_BINARY_SUFFIX);
 }
 
 /// The phone → binary envelope as one freshly allocated message.
-pub fn to_binary(conn_id: &ConnId, frame: &[u8], token: Option<&Token>) -> Bytes {
-    let mut out = BytesMut::with_capacity(to_binary_len(conn_id, frame, token));
-    write_to_binary(&mut out, conn_id, frame, token);
+pub fn to_binary(conn_id: &ConnId, frame: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(to_binary_len(conn_id, frame));
+    write_to_binary(&mut out, conn_id, frame);
     out.freeze()
 }
 
 /// Everything of a phone's envelopes before its frame: `{"conn_id":"…","frame":`. Constant
 /// per phone, so a relay can make it once and write each envelope as prefix, the phone's own
-/// bytes, and a suffix ([`to_binary_suffix`]), without copying the frame.
+/// bytes, and [`TO_BINARY_SUFFIX`], without copying the frame.
 pub fn to_binary_prefix(conn_id: &ConnId) -> Bytes {
     let mut out = BytesMut::with_capacity(PREFIX.len() + conn_id.as_str().len() + FRAME.len());
     out.put_slice(PREFIX);
@@ -68,19 +60,8 @@ pub fn to_binary_prefix(conn_id: &ConnId) -> Bytes {
     out.freeze()
 }
 
-/// Everything after the frame: `}`, or `,"token":"…"}` on an envelope that carries the token.
-pub fn to_binary_suffix(token: Option<&Token>) -> Bytes {
-    match token {
-        None => Bytes::from_static(b"}"),
-        Some(t) => {
-            let mut out = BytesMut::with_capacity(TOKEN.len() + t.json_escaped().len() + 2);
-            out.put_slice(TOKEN);
-            out.put_slice(t.json_escaped().as_bytes());
-            out.put_slice(b"\"}");
-            out.freeze()
-        }
-    }
-}
+/// Everything after the frame. No token, ever (§4.1).
+pub const TO_BINARY_SUFFIX: &[u8] = b"}";
 
 /// The close notice of §4.3: `{"conn_id":"…","close_code":N}`, no `frame` key.
 pub fn close_notice(conn_id: &ConnId, code: CloseCode) -> Bytes {
@@ -104,6 +85,15 @@ pub fn close_notice(conn_id: &ConnId, code: CloseCode) -> Bytes {
     out.freeze()
 }
 
+/// What one message from a binary asks the relay to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FromBinary<'a> {
+    /// Deliver a frame to, and/or close, one of the binary's phones (§4.2).
+    ToPhone(ToPhone<'a>),
+    /// Wake one of the binary's phones through its push service (§4.4).
+    Wake(Wake<'a>),
+}
+
 /// A parsed binary → phone envelope (§4.2), borrowing from the binary's message.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ToPhone<'a> {
@@ -115,8 +105,31 @@ pub struct ToPhone<'a> {
     pub close: Option<CloseCode>,
 }
 
-/// Why a binary's envelope was dropped (§4.2, "malformed"). One variant per case so each
-/// can be counted on its own.
+/// Longest push token accepted, in bytes once its JSON escapes are decoded (§4.4).
+pub const MAX_WAKE_TOKEN: usize = 4096;
+
+/// A valid push wake (§4.4): `{"push_wake":{"platform":"fcm","token":"…"}}`. The only
+/// platform is FCM. `Debug` never shows the token: it is a credential of the phone.
+#[derive(PartialEq, Eq)]
+pub struct Wake<'a> {
+    token: Cow<'a, str>,
+}
+
+impl<'a> Wake<'a> {
+    /// The FCM registration token, JSON escapes decoded: 1–[`MAX_WAKE_TOKEN`] bytes.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+impl fmt::Debug for Wake<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Wake { platform: \"fcm\", token: <redacted> }")
+    }
+}
+
+/// Why a binary's message was dropped (§4.2 "malformed", §4.4 "malformed wake"). One variant
+/// per case so each can be counted on its own; none carries any of the message's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
     #[error("envelope is not JSON")]
@@ -133,9 +146,38 @@ pub enum EnvelopeError {
     Empty,
     #[error("envelope close_code is not 1000 or 3000-4999")]
     InvalidCloseCode,
+    #[error("push_wake is not a JSON object")]
+    WakeNotObject,
+    #[error("push_wake platform is not \"fcm\"")]
+    WakePlatform,
+    #[error("push_wake has no token")]
+    WakeTokenMissing,
+    #[error("push_wake token is not a string")]
+    WakeTokenNotString,
+    #[error("push_wake token is empty")]
+    WakeTokenEmpty,
+    #[error("push_wake token is longer than 4096 bytes")]
+    WakeTokenTooLong,
 }
 
 impl EnvelopeError {
+    /// Every variant, in a fixed order, for counters indexed by kind.
+    pub const ALL: [EnvelopeError; 13] = [
+        EnvelopeError::NotJson,
+        EnvelopeError::NotObject,
+        EnvelopeError::ConnIdMissing,
+        EnvelopeError::ConnIdNotString,
+        EnvelopeError::ConnIdEmpty,
+        EnvelopeError::Empty,
+        EnvelopeError::InvalidCloseCode,
+        EnvelopeError::WakeNotObject,
+        EnvelopeError::WakePlatform,
+        EnvelopeError::WakeTokenMissing,
+        EnvelopeError::WakeTokenNotString,
+        EnvelopeError::WakeTokenEmpty,
+        EnvelopeError::WakeTokenTooLong,
+    ];
+
     /// A short stable name, for metric labels and logs.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -146,7 +188,26 @@ impl EnvelopeError {
             EnvelopeError::ConnIdEmpty => "conn_id_empty",
             EnvelopeError::Empty => "empty",
             EnvelopeError::InvalidCloseCode => "invalid_close_code",
+            EnvelopeError::WakeNotObject => "wake_not_object",
+            EnvelopeError::WakePlatform => "wake_platform",
+            EnvelopeError::WakeTokenMissing => "wake_token_missing",
+            EnvelopeError::WakeTokenNotString => "wake_token_not_string",
+            EnvelopeError::WakeTokenEmpty => "wake_token_empty",
+            EnvelopeError::WakeTokenTooLong => "wake_token_too_long",
         }
+    }
+
+    /// A malformed push wake (§4.4) rather than a malformed routing envelope (§4.2).
+    pub fn is_wake(&self) -> bool {
+        matches!(
+            self,
+            EnvelopeError::WakeNotObject
+                | EnvelopeError::WakePlatform
+                | EnvelopeError::WakeTokenMissing
+                | EnvelopeError::WakeTokenNotString
+                | EnvelopeError::WakeTokenEmpty
+                | EnvelopeError::WakeTokenTooLong
+        )
     }
 }
 
@@ -156,97 +217,110 @@ impl From<NotJson> for EnvelopeError {
     }
 }
 
-enum Field {
-    ConnId,
-    Frame,
-    CloseCode,
-    Other,
-}
-
-fn field(b: &[u8], start: usize, end: usize) -> Field {
-    // Keys are compared after unescaping: `"conn\u005fid"` is the key `conn_id`.
+/// A key compared after unescaping: `"conn\u005fid"` is the key `conn_id`.
+fn key_is(b: &[u8], start: usize, end: usize, want: &[u8]) -> bool {
     let key = &b[start + 1..end - 1];
-    let key: Cow<'_, [u8]> = if key.contains(&b'\\') {
-        match json::decode_string(b, start, end) {
-            Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
-            Cow::Owned(s) => Cow::Owned(s.into_bytes()),
-        }
+    if key.contains(&b'\\') {
+        json::decode_string(b, start, end).as_bytes() == want
     } else {
-        Cow::Borrowed(key)
-    };
-    match &*key {
-        b"conn_id" => Field::ConnId,
-        b"frame" => Field::Frame,
-        b"close_code" => Field::CloseCode,
-        _ => Field::Other,
+        key == want
     }
 }
 
-/// Parses a binary → phone envelope. Unknown fields are ignored; a repeated key's last value
+/// Walks the members of the object whose `{` is at `b[i]`, calling `member(key_start,
+/// key_end, value_start, value_end)` for each; returns the index just past its `}`.
+fn members(
+    b: &[u8],
+    i: usize,
+    mut member: impl FnMut(usize, usize, usize, usize),
+) -> Result<usize, NotJson> {
+    let mut i = json::skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return Ok(i + 1);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return Err(NotJson);
+        }
+        let key_end = json::skip_string(b, i)?;
+        let colon = json::skip_ws(b, key_end);
+        if b.get(colon) != Some(&b':') {
+            return Err(NotJson);
+        }
+        let v_start = json::skip_ws(b, colon + 1);
+        let v_end = json::skip_value(b, v_start)?;
+        member(i, key_end, v_start, v_end);
+        i = json::skip_ws(b, v_end);
+        match b.get(i) {
+            Some(b',') => i = json::skip_ws(b, i + 1),
+            Some(b'}') => return Ok(i + 1),
+            _ => return Err(NotJson),
+        }
+    }
+}
+
+/// How `conn_id` appeared.
+enum ConnIdValue<'a> {
+    Str(Cow<'a, str>),
+    Null,
+    NotString,
+}
+
+/// Parses one message from a binary. Unknown fields are ignored; a repeated key's last value
 /// wins (as Go's encoding/json does). The whole message must be valid JSON.
-pub fn parse_to_phone(input: &[u8]) -> Result<ToPhone<'_>, EnvelopeError> {
+///
+/// A message with no `conn_id` (absent, `null` or `""`) and a non-null `push_wake` is a wake
+/// (§4.4); any other message is a routing envelope (§4.2), whose `push_wake`, if any, is
+/// ignored.
+pub fn parse_from_binary(input: &[u8]) -> Result<FromBinary<'_>, EnvelopeError> {
     // UTF-8 is checked inside strings by the scanner; nothing else may be non-ASCII.
     let b = input;
-    let mut i = json::skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
+    let start = json::skip_ws(b, 0);
+    if b.get(start) != Some(&b'{') {
         json::validate(b)?;
         return Err(EnvelopeError::NotObject);
     }
-    i = json::skip_ws(b, i + 1);
 
-    // Some(Ok(s)) string conn_id, Some(Err(())) present but not a string.
-    let mut conn_id: Option<Result<Cow<'_, str>, ()>> = None;
+    let mut conn_id: Option<ConnIdValue<'_>> = None;
     let mut frame: Option<&[u8]> = None;
     let mut close_raw: Option<&[u8]> = None;
+    // The span of a non-null `push_wake` value.
+    let mut wake: Option<(usize, usize)> = None;
 
-    if b.get(i) == Some(&b'}') {
-        i += 1;
-    } else {
-        loop {
-            if b.get(i) != Some(&b'"') {
-                return Err(EnvelopeError::NotJson);
-            }
-            let key_end = json::skip_string(b, i)?;
-            let which = field(b, i, key_end);
-            i = json::skip_ws(b, key_end);
-            if b.get(i) != Some(&b':') {
-                return Err(EnvelopeError::NotJson);
-            }
-            let v_start = json::skip_ws(b, i + 1);
-            let v_end = json::skip_value(b, v_start)?;
-            let value = &b[v_start..v_end];
-            match which {
-                Field::ConnId => {
-                    conn_id = Some(if value.first() == Some(&b'"') {
-                        Ok(json::decode_string(b, v_start, v_end))
-                    } else {
-                        Err(())
-                    })
-                }
-                Field::Frame => frame = (value != b"null").then_some(value),
-                Field::CloseCode => close_raw = Some(value),
-                Field::Other => {}
-            }
-            i = json::skip_ws(b, v_end);
-            match b.get(i) {
-                Some(b',') => i = json::skip_ws(b, i + 1),
-                Some(b'}') => {
-                    i += 1;
-                    break;
-                }
-                _ => return Err(EnvelopeError::NotJson),
-            }
+    let end = members(b, start, |ks, ke, vs, ve| {
+        let value = &b[vs..ve];
+        if key_is(b, ks, ke, b"conn_id") {
+            conn_id = Some(match value[0] {
+                b'"' => ConnIdValue::Str(json::decode_string(b, vs, ve)),
+                _ if value == b"null" => ConnIdValue::Null,
+                _ => ConnIdValue::NotString,
+            });
+        } else if key_is(b, ks, ke, b"frame") {
+            frame = (value != b"null").then_some(value);
+        } else if key_is(b, ks, ke, b"close_code") {
+            close_raw = Some(value);
+        } else if key_is(b, ks, ke, b"push_wake") {
+            wake = (value != b"null").then_some((vs, ve));
         }
-    }
-    if json::skip_ws(b, i) != b.len() {
+    })?;
+    if json::skip_ws(b, end) != b.len() {
         return Err(EnvelopeError::NotJson);
     }
 
     let conn_id = match conn_id {
-        None => return Err(EnvelopeError::ConnIdMissing),
-        Some(Err(())) => return Err(EnvelopeError::ConnIdNotString),
-        Some(Ok(s)) if s.is_empty() => return Err(EnvelopeError::ConnIdEmpty),
-        Some(Ok(s)) => s,
+        Some(ConnIdValue::Str(s)) if !s.is_empty() => s,
+        Some(ConnIdValue::NotString) => return Err(EnvelopeError::ConnIdNotString),
+        // No conn_id (absent, null or ""): a wake if it has one, else malformed.
+        absent => {
+            if let Some((vs, _)) = wake {
+                return parse_wake(b, vs).map(FromBinary::Wake);
+            }
+            return Err(match absent {
+                None => EnvelopeError::ConnIdMissing,
+                Some(ConnIdValue::Str(_)) => EnvelopeError::ConnIdEmpty,
+                Some(_) => EnvelopeError::ConnIdNotString,
+            });
+        }
     };
     let close = match close_raw {
         None | Some(b"null") | Some(b"0") => None,
@@ -255,11 +329,45 @@ pub fn parse_to_phone(input: &[u8]) -> Result<ToPhone<'_>, EnvelopeError> {
     if frame.is_none() && close.is_none() {
         return Err(EnvelopeError::Empty);
     }
-    Ok(ToPhone {
+    Ok(FromBinary::ToPhone(ToPhone {
         conn_id,
         frame,
         close,
-    })
+    }))
+}
+
+/// The `push_wake` value starting at `b[start]` (already known to be valid JSON).
+fn parse_wake(b: &[u8], start: usize) -> Result<Wake<'_>, EnvelopeError> {
+    if b[start] != b'{' {
+        return Err(EnvelopeError::WakeNotObject);
+    }
+    let mut platform: Option<(usize, usize)> = None;
+    let mut token: Option<(usize, usize)> = None;
+    members(b, start, |ks, ke, vs, ve| {
+        if key_is(b, ks, ke, b"platform") {
+            platform = Some((vs, ve));
+        } else if key_is(b, ks, ke, b"token") {
+            token = Some((vs, ve));
+        }
+    })?;
+    let is_fcm = platform.is_some_and(|(vs, ve)| {
+        b[vs] == b'"' && json::decode_string(b, vs, ve).as_bytes() == b"fcm"
+    });
+    if !is_fcm {
+        return Err(EnvelopeError::WakePlatform);
+    }
+    let (vs, ve) = token.ok_or(EnvelopeError::WakeTokenMissing)?;
+    if b[vs] != b'"' {
+        return Err(EnvelopeError::WakeTokenNotString);
+    }
+    let token = json::decode_string(b, vs, ve);
+    if token.is_empty() {
+        return Err(EnvelopeError::WakeTokenEmpty);
+    }
+    if token.len() > MAX_WAKE_TOKEN {
+        return Err(EnvelopeError::WakeTokenTooLong);
+    }
+    Ok(Wake { token })
 }
 
 /// The `conn_id` of an envelope known only by its first bytes (§7 "Message size": an
@@ -279,13 +387,13 @@ pub fn sniff_conn_id(prefix: &[u8]) -> Option<Cow<'_, str>> {
             return None;
         }
         let key_end = json::skip_string(b, i).ok()?;
-        let which = field(b, i, key_end);
+        let is_conn_id = key_is(b, i, key_end, b"conn_id");
         i = json::skip_ws(b, key_end);
         if b.get(i) != Some(&b':') {
             return None;
         }
         let v_start = json::skip_ws(b, i + 1);
-        if let Field::ConnId = which {
+        if is_conn_id {
             if b.get(v_start) != Some(&b'"') {
                 return None;
             }
@@ -318,44 +426,52 @@ fn parse_close_code(raw: &[u8]) -> Result<CloseCode, EnvelopeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::headers;
 
     fn id() -> ConnId {
         ConnId::parse("c-0123456789abcdef0123456789abcdef").unwrap()
     }
 
+    /// The §4.2 envelope `msg` parses to, or why it was dropped; panics on a wake.
+    fn parse_to_phone(msg: &[u8]) -> Result<ToPhone<'_>, EnvelopeError> {
+        match parse_from_binary(msg)? {
+            FromBinary::ToPhone(p) => Ok(p),
+            FromBinary::Wake(w) => panic!("parsed as a wake: {w:?}"),
+        }
+    }
+
+    /// The wake `msg` parses to, or why it was dropped; panics on a routing envelope.
+    fn parse_wake(msg: &[u8]) -> Result<Wake<'_>, EnvelopeError> {
+        match parse_from_binary(msg)? {
+            FromBinary::Wake(w) => Ok(w),
+            FromBinary::ToPhone(p) => panic!("parsed as an envelope: {p:?}"),
+        }
+    }
+
     #[test]
-    fn to_binary_splices_the_phone_bytes_verbatim() {
+    fn to_binary_splices_the_phone_bytes_verbatim_and_carries_no_token() {
         let frame = br#"  { "b" : [1,   2], "a":"x" }  "#;
-        let env = to_binary(&id(), frame, None);
+        let env = to_binary(&id(), frame);
         let mut want = b"{\"conn_id\":\"c-0123456789abcdef0123456789abcdef\",\"frame\":".to_vec();
         want.extend_from_slice(frame);
         want.push(b'}');
         assert_eq!(&env[..], &want[..]);
-        assert_eq!(env.len(), to_binary_len(&id(), frame, None));
+        assert_eq!(env.len(), to_binary_len(&id(), frame));
         json::validate(&env).unwrap();
-    }
-
-    #[test]
-    fn to_binary_carries_the_token_json_escaped() {
-        let token = headers::token(Some(br#"t"o\k"#)).unwrap().unwrap();
-        let env = to_binary(&id(), b"1", Some(&token));
         let v: serde_json::Value = serde_json::from_slice(&env).unwrap();
-        assert_eq!(v["token"], r#"t"o\k"#);
-        assert_eq!(v["frame"], 1);
-        assert_eq!(env.len(), to_binary_len(&id(), b"1", Some(&token)));
+        assert_eq!(
+            v.as_object().map(|o| o.len()),
+            Some(2),
+            "conn_id and frame only"
+        );
     }
 
     #[test]
     fn prefix_frame_suffix_is_the_same_envelope_as_to_binary() {
-        let token = headers::token(Some(b"t\"k")).unwrap().unwrap();
-        for t in [None, Some(&token)] {
-            let frame = br#" {"a": 1} "#;
-            let mut spliced = to_binary_prefix(&id()).to_vec();
-            spliced.extend_from_slice(frame);
-            spliced.extend_from_slice(&to_binary_suffix(t));
-            assert_eq!(spliced, to_binary(&id(), frame, t).to_vec());
-        }
+        let frame = br#" {"a": 1} "#;
+        let mut spliced = to_binary_prefix(&id()).to_vec();
+        spliced.extend_from_slice(frame);
+        spliced.extend_from_slice(TO_BINARY_SUFFIX);
+        assert_eq!(spliced, to_binary(&id(), frame).to_vec());
     }
 
     #[test]
@@ -466,6 +582,11 @@ mod tests {
             (b"{}", ConnIdMissing),
             (b"{\"conn_id\":7,\"frame\":1}", ConnIdNotString),
             (b"{\"conn_id\":null,\"frame\":1}", ConnIdNotString),
+            (b"{\"frame\":1,\"push_wake\":null}", ConnIdMissing),
+            (
+                b"{\"conn_id\":7,\"push_wake\":{\"platform\":\"fcm\",\"token\":\"t\"}}",
+                ConnIdNotString,
+            ),
             (b"{\"conn_id\":\"\",\"frame\":1}", ConnIdEmpty),
             (b"{\"conn_id\":\"c-1\"}", Empty),
             (
@@ -528,5 +649,163 @@ mod tests {
         let ours: serde_json::Value = serde_json::from_slice(p.frame.unwrap()).unwrap();
         assert_eq!(ours, v["frame"]);
         assert_eq!(p.close.map(CloseCode::as_u16), Some(4426));
+    }
+
+    // ---- §4.4 push wake ----------------------------------------------------------------
+
+    #[test]
+    fn wake_is_recognised_by_no_conn_id_and_a_push_wake() {
+        for msg in [
+            &br#"{"push_wake":{"platform":"fcm","token":"tok-1"}}"#[..],
+            br#"{"conn_id":null,"push_wake":{"platform":"fcm","token":"tok-1"}}"#,
+            br#"{"conn_id":"","push_wake":{"platform":"fcm","token":"tok-1"}}"#,
+            br#" { "push_wake" : { "token" : "tok-1" , "platform" : "fcm", "x": [1] } , "v": 2 } "#,
+            br#"{"push\u005fwake":{"plat\u0066orm":"f\u0063m","token":"tok-\u0031"}}"#,
+        ] {
+            let wake = parse_wake(msg).unwrap_or_else(|e| panic!("{e}: {msg:?}"));
+            assert_eq!(wake.token(), "tok-1", "{}", String::from_utf8_lossy(msg));
+        }
+    }
+
+    #[test]
+    fn envelope_with_a_conn_id_is_routed_and_its_push_wake_ignored() {
+        let p = parse_to_phone(
+            br#"{"conn_id":"c-1","frame":1,"push_wake":{"platform":"fcm","token":"t"}}"#,
+        )
+        .unwrap();
+        assert_eq!((&*p.conn_id, p.frame), ("c-1", Some(&b"1"[..])));
+        // Even a malformed wake beside a conn_id is the routing envelope's business only.
+        let p = parse_to_phone(br#"{"conn_id":"c-1","frame":1,"push_wake":7}"#).unwrap();
+        assert_eq!(&*p.conn_id, "c-1");
+        assert_eq!(
+            parse_from_binary(br#"{"conn_id":"c-1","push_wake":{"platform":"fcm","token":"t"}}"#),
+            Err(EnvelopeError::Empty)
+        );
+    }
+
+    #[test]
+    fn wake_last_duplicate_key_wins() {
+        let w = parse_wake(
+            br#"{"push_wake":{"platform":"apns","token":"a","platform":"fcm","token":"b"}}"#,
+        )
+        .unwrap();
+        assert_eq!(w.token(), "b");
+        let w = parse_wake(br#"{"push_wake":7,"push_wake":{"platform":"fcm","token":"c"}}"#);
+        assert_eq!(w.map(|w| w.token().to_owned()), Ok("c".to_owned()));
+        assert_eq!(
+            parse_from_binary(br#"{"push_wake":{"platform":"fcm","token":"c"},"push_wake":null}"#),
+            Err(EnvelopeError::ConnIdMissing)
+        );
+    }
+
+    #[test]
+    fn every_malformed_wake_is_a_distinct_error() {
+        use EnvelopeError::*;
+        let long = format!(
+            r#"{{"push_wake":{{"platform":"fcm","token":"{}"}}}}"#,
+            "t".repeat(MAX_WAKE_TOKEN + 1)
+        );
+        let cases: &[(&[u8], EnvelopeError)] = &[
+            (br#"{"push_wake":7}"#, WakeNotObject),
+            (br#"{"push_wake":"fcm"}"#, WakeNotObject),
+            (
+                br#"{"push_wake":[{"platform":"fcm","token":"t"}]}"#,
+                WakeNotObject,
+            ),
+            (br#"{"push_wake":{}}"#, WakePlatform),
+            (br#"{"push_wake":{"token":"t"}}"#, WakePlatform),
+            (
+                br#"{"push_wake":{"platform":"apns","token":"t"}}"#,
+                WakePlatform,
+            ),
+            (
+                br#"{"push_wake":{"platform":"FCM","token":"t"}}"#,
+                WakePlatform,
+            ),
+            (
+                br#"{"push_wake":{"platform":"fcm ","token":"t"}}"#,
+                WakePlatform,
+            ),
+            (
+                br#"{"push_wake":{"platform":null,"token":"t"}}"#,
+                WakePlatform,
+            ),
+            (
+                br#"{"push_wake":{"platform":["fcm"],"token":"t"}}"#,
+                WakePlatform,
+            ),
+            (br#"{"push_wake":{"platform":"fcm"}}"#, WakeTokenMissing),
+            (
+                br#"{"push_wake":{"platform":"fcm","token":null}}"#,
+                WakeTokenNotString,
+            ),
+            (
+                br#"{"push_wake":{"platform":"fcm","token":42}}"#,
+                WakeTokenNotString,
+            ),
+            (
+                br#"{"push_wake":{"platform":"fcm","token":{"t":1}}}"#,
+                WakeTokenNotString,
+            ),
+            (
+                br#"{"push_wake":{"platform":"fcm","token":""}}"#,
+                WakeTokenEmpty,
+            ),
+            (long.as_bytes(), WakeTokenTooLong),
+            (br#"{"push_wake":{"platform":"fcm","token":"t"}"#, NotJson),
+            (br#"{"push_wake":{"platform":"fcm","token":"t",}}"#, NotJson),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(
+                parse_from_binary(msg).map(|_| ()),
+                Err(*want),
+                "{}",
+                String::from_utf8_lossy(msg)
+            );
+            if *want != NotJson {
+                assert!(want.is_wake(), "{want:?}");
+            }
+        }
+        for kind in EnvelopeError::ALL {
+            assert_eq!(
+                EnvelopeError::ALL
+                    .iter()
+                    .filter(|k| k.as_str() == kind.as_str())
+                    .count(),
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn wake_token_length_is_measured_after_decoding() {
+        let at_limit = format!(
+            r#"{{"push_wake":{{"platform":"fcm","token":"{}"}}}}"#,
+            "t".repeat(MAX_WAKE_TOKEN)
+        );
+        assert_eq!(
+            parse_wake(at_limit.as_bytes()).unwrap().token().len(),
+            MAX_WAKE_TOKEN
+        );
+        // 4096 escapes of one byte each: 6 bytes on the wire, 1 decoded.
+        let escaped = format!(
+            r#"{{"push_wake":{{"platform":"fcm","token":"{}"}}}}"#,
+            r"\u0074".repeat(MAX_WAKE_TOKEN)
+        );
+        assert_eq!(
+            parse_wake(escaped.as_bytes()).unwrap().token(),
+            "t".repeat(MAX_WAKE_TOKEN)
+        );
+    }
+
+    #[test]
+    fn wake_debug_and_errors_never_show_the_token() {
+        let msg = br#"{"push_wake":{"platform":"fcm","token":"s3cret-push-token"}}"#;
+        let w = parse_wake(msg).unwrap();
+        let shown = format!("{w:?} {:?}", parse_from_binary(msg));
+        assert!(!shown.contains("s3cret"), "{shown}");
+        for e in EnvelopeError::ALL {
+            assert!(!format!("{e} {e:?}").contains("s3cret"));
+        }
     }
 }

@@ -141,45 +141,14 @@ pub fn device_name(value: Option<&[u8]>) -> Result<Option<&str>, HeaderError> {
     Ok(Some(s))
 }
 
-/// A phone's credential from `X-Pyrycode-Token`, already escaped for splicing into a JSON
-/// string. Never logged: `Debug` prints nothing of it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token {
-    escaped: Box<str>,
-}
-
-impl Token {
-    /// The value as it goes between the quotes of `"token":"…"`.
-    pub fn json_escaped(&self) -> &str {
-        &self.escaped
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
-
 /// `X-Pyrycode-Token` (optional): 1–512 bytes of printable ASCII; empty counts as absent.
-pub fn token(value: Option<&[u8]>) -> Result<Option<Token>, HeaderError> {
+///
+/// Only checked, never kept: the token is accepted and dropped (§2, §4.1), so it cannot reach
+/// a binary, a log line or a metric.
+pub fn token(value: Option<&[u8]>) -> Result<(), HeaderError> {
     match value {
-        None => Ok(None),
-        Some([]) => Ok(None),
-        Some(v) => {
-            let s = bounded(TOKEN, Some(v), 512, printable)?;
-            // Printable ASCII needs escaping only for the quote and the backslash.
-            let mut escaped = String::with_capacity(s.len() + 4);
-            for c in s.chars() {
-                if c == '"' || c == '\\' {
-                    escaped.push('\\');
-                }
-                escaped.push(c);
-            }
-            Ok(Some(Token {
-                escaped: escaped.into_boxed_str(),
-            }))
-        }
+        None | Some([]) => Ok(()),
+        Some(v) => bounded(TOKEN, Some(v), 512, printable).map(|_| ()),
     }
 }
 
@@ -265,23 +234,20 @@ mod tests {
     }
 
     #[test]
-    fn token_empty_is_absent_and_quotes_are_escaped() {
-        assert_eq!(token(None), Ok(None));
-        assert_eq!(token(Some(b"")), Ok(None));
-        let t = token(Some(br#"a"b\c"#)).unwrap().unwrap();
-        assert_eq!(t.json_escaped(), r#"a\"b\\c"#);
+    fn token_is_checked_and_empty_is_absent() {
+        assert_eq!(token(None), Ok(()));
+        assert_eq!(token(Some(b"")), Ok(()));
+        assert_eq!(token(Some(br#"a"b\c"#)), Ok(()));
         assert_eq!(token(Some(b"a b")), Err(HeaderError::BadChar(TOKEN)));
+        assert_eq!(
+            token(Some("t\u{e9}".as_bytes())),
+            Err(HeaderError::BadChar(TOKEN))
+        );
         assert!(token(Some("t".repeat(512).as_bytes())).is_ok());
         assert_eq!(
             token(Some("t".repeat(513).as_bytes())),
             Err(HeaderError::TooLong(TOKEN))
         );
-    }
-
-    #[test]
-    fn token_debug_never_shows_the_value() {
-        let t = token(Some(b"s3cret")).unwrap().unwrap();
-        assert!(!format!("{t:?}").contains("s3cret"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod sync;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use close::{Close, CloseCode};
 pub use conn::{Conn, ConnId, SendError};
-pub use headers::{HeaderError, ServerId, Token};
+pub use headers::{HeaderError, ServerId};
 pub use registry::{
     Backlog, BinaryLease, Claim, Claimed, Counts, Departure, Expiry, GraceTicket, Held, HeldItem,
     Incumbent, Installed, Notice, PhoneLease, ReclaimPolicy, Registration, Registry,

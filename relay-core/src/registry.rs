@@ -103,9 +103,6 @@ struct PhoneEntry<C> {
     /// Attached to a binary (the live one, or the one that left, during grace). `false` for a
     /// phone that registered during grace and has never had a binary.
     attached: bool,
-    /// The next envelope from this phone is the first its next binary receives: carry the
-    /// token (§4.1).
-    token_due: bool,
     held_bytes: usize,
 }
 
@@ -119,8 +116,8 @@ pub struct HeldItem<C> {
 /// What a [`HeldItem`] carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Held {
-    /// A phone's message, to be wrapped in an envelope (with the token if `with_token`).
-    Frame { frame: Bytes, with_token: bool },
+    /// A phone's message, to be wrapped in an envelope (§4.1).
+    Frame(Bytes),
     /// The phone left during grace (policy `inherit`): its close notice, after its messages.
     Notice(CloseCode),
 }
@@ -176,12 +173,8 @@ pub struct PhoneLease<C> {
 /// Where a phone's message goes (§4.1, §6.3).
 #[derive(Debug)]
 pub enum ToBinary<C> {
-    /// Send it to `binary` now, in an envelope that carries the token if `with_token`.
-    Forward {
-        binary: C,
-        frame: Bytes,
-        with_token: bool,
-    },
+    /// Send it to `binary` now, in an envelope (§4.1).
+    Forward { binary: C, frame: Bytes },
     /// Held for the next binary (grace, or a backlog still being handed over).
     Held,
     /// Dropped: the phone's binary left and policy `evict` will close the phone at reclaim.
@@ -216,7 +209,6 @@ impl<C: Conn> PhoneLease<C> {
             } => ToBinary::Forward {
                 binary: binary.clone(),
                 frame,
-                with_token: mem::take(&mut entry.token_due),
             },
             BinaryState::Live {
                 backlog: Some(backlog),
@@ -247,10 +239,7 @@ fn hold<C: Conn>(
     entry.held_bytes = held;
     backlog.push_back(HeldItem {
         phone: entry.conn.clone(),
-        kind: Held::Frame {
-            frame,
-            with_token: mem::take(&mut entry.token_due),
-        },
+        kind: Held::Frame(frame),
     });
     ToBinary::Held
 }
@@ -530,7 +519,6 @@ impl<C: Conn, K: Clock> Registry<C, K> {
         for p in st.phones.values_mut() {
             p.attached = true;
         }
-        retoken(&mut st.phones, &mut backlog);
         let has_backlog = !backlog.is_empty();
         st.binary = BinaryState::Live {
             binary,
@@ -566,10 +554,6 @@ impl<C: Conn, K: Clock> Registry<C, K> {
             deadline,
             backlog,
         };
-        // Whatever a phone sends next goes to a binary that has seen nothing from it.
-        for p in st.phones.values_mut() {
-            p.token_due = true;
-        }
         self.binaries.fetch_sub(1, Ordering::Relaxed);
         drop(st);
         Some(GraceTicket {
@@ -624,7 +608,7 @@ impl<C: Conn, K: Clock> Registry<C, K> {
             Some(items) if !items.is_empty() => {
                 let items = mem::take(items);
                 for item in &items {
-                    if let Held::Frame { frame, .. } = &item.kind {
+                    if let Held::Frame(frame) = &item.kind {
                         if let Some(p) = phones.get_mut(item.phone.id()) {
                             p.held_bytes = p.held_bytes.saturating_sub(frame.len());
                         }
@@ -661,7 +645,6 @@ impl<C: Conn, K: Clock> Registry<C, K> {
             PhoneEntry {
                 conn: phone,
                 attached,
-                token_due: true,
                 held_bytes: 0,
             },
         );
@@ -771,32 +754,5 @@ impl<C: Conn, K: Clock> Registry<C, K> {
             phones: self.phones.load(Ordering::Relaxed),
             server_ids: self.server_ids.load(Ordering::Relaxed),
         }
-    }
-}
-
-/// The next binary has seen nothing from anyone: the first held frame of each phone carries
-/// the token, and phones with nothing held carry it on their next message.
-fn retoken<C: Conn>(
-    phones: &mut HashMap<ConnId, PhoneEntry<C>>,
-    backlog: &mut VecDeque<HeldItem<C>>,
-) {
-    for p in phones.values_mut() {
-        p.token_due = true;
-    }
-    // Phones that left but still have held frames (policy inherit) are not in `phones`.
-    let mut departed_seen: Vec<ConnId> = Vec::new();
-    for item in backlog.iter_mut() {
-        let Held::Frame { with_token, .. } = &mut item.kind else {
-            continue;
-        };
-        let id = item.phone.id();
-        *with_token = match phones.get_mut(id) {
-            Some(p) => mem::take(&mut p.token_due),
-            None if departed_seen.contains(id) => false,
-            None => {
-                departed_seen.push(*id);
-                true
-            }
-        };
     }
 }

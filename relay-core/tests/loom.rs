@@ -409,7 +409,7 @@ fn held_messages_reach_the_reclaiming_binary_before_later_ones() {
                     match reg.take_backlog(&c.lease) {
                         Backlog::Items(items) => {
                             for item in items {
-                                if let Held::Frame { frame, .. } = item.kind {
+                                if let Held::Frame(frame) = item.kind {
                                     b.send(frame).unwrap();
                                 }
                             }

@@ -95,14 +95,10 @@ fn release(reg: &Reg, lease: &BinaryLease<MockConn>) -> GraceTicket {
         .expect("the holder's release must start grace")
 }
 
-/// A forwarded message: (binary it goes to, frame, with_token).
-fn forwarded(t: ToBinary<MockConn>) -> (ConnId, Bytes, bool) {
+/// A forwarded message: (binary it goes to, frame).
+fn forwarded(t: ToBinary<MockConn>) -> (ConnId, Bytes) {
     match t {
-        ToBinary::Forward {
-            binary,
-            frame,
-            with_token,
-        } => (*binary.id(), frame, with_token),
+        ToBinary::Forward { binary, frame } => (*binary.id(), frame),
         other => panic!("expected Forward, got {other:?}"),
     }
 }
@@ -110,12 +106,12 @@ fn forwarded(t: ToBinary<MockConn>) -> (ConnId, Bytes, bool) {
 /// What a held item says, with the phone named by id so it compares.
 #[derive(Debug, PartialEq, Eq)]
 enum Item {
-    Frame(ConnId, Bytes, bool),
+    Frame(ConnId, Bytes),
     Notice(ConnId, u16),
 }
 
-fn frame_item(phone: &MockConn, s: &'static str, with_token: bool) -> Item {
-    Item::Frame(*phone.id(), msg(s), with_token)
+fn frame_item(phone: &MockConn, s: &'static str) -> Item {
+    Item::Frame(*phone.id(), msg(s))
 }
 
 fn notice_item(phone: &MockConn, code: u16) -> Item {
@@ -129,9 +125,7 @@ fn take_batch(reg: &Reg, lease: &BinaryLease<MockConn>) -> Option<Vec<Item>> {
             items
                 .into_iter()
                 .map(|item| match item.kind {
-                    Held::Frame { frame, with_token } => {
-                        Item::Frame(*item.phone.id(), frame, with_token)
-                    }
+                    Held::Frame(frame) => Item::Frame(*item.phone.id(), frame),
                     Held::Notice(code) => Item::Notice(*item.phone.id(), code.as_u16()),
                 })
                 .collect(),
@@ -263,10 +257,11 @@ fn takeover_under_evict_closes_the_incumbents_phones_with_4404() {
 fn takeover_under_inherit_keeps_the_incumbents_phones_for_the_newcomer() {
     let (reg, _) = registry(ReclaimPolicy::Inherit);
     let id = sid("s1");
-    let (_incumbent, _old) = live(&reg, &id);
+    let (incumbent, _old) = live(&reg, &id);
     let (phone, lease) = attached(&reg, &id);
-    assert!(
-        forwarded(lease.route(msg("1"))).2,
+    assert_eq!(
+        forwarded(lease.route(msg("1"))),
+        (*incumbent.id(), msg("1")),
         "first envelope to the incumbent"
     );
     let inc = conflict(&reg, &id);
@@ -281,11 +276,8 @@ fn takeover_under_inherit_keeps_the_incumbents_phones_for_the_newcomer() {
         c.lease.route(phone.id().as_str()).map(|p| *p.id()),
         Some(*phone.id())
     );
-    // The newcomer has never seen this phone, so its first envelope carries the token again.
-    assert_eq!(
-        forwarded(lease.route(msg("2"))),
-        (*newcomer.id(), msg("2"), true)
-    );
+    // The phone's next message goes to the newcomer.
+    assert_eq!(forwarded(lease.route(msg("2"))), (*newcomer.id(), msg("2")));
     assert_eq!(reg.counts(), counts(1, 1, 1));
 }
 
@@ -647,19 +639,19 @@ fn pending_phones_messages_are_held_in_order_and_handed_to_the_reclaiming_binary
     assert_eq!(
         take_batch(&reg, &c.lease),
         Some(vec![
-            frame_item(&p1, "1a", true),
-            frame_item(&p2, "2a", true),
-            frame_item(&p1, "1b", false),
-            frame_item(&p2, "2b", false),
-            frame_item(&p1, "1c", false),
-            frame_item(&p2, "2c", false),
+            frame_item(&p1, "1a"),
+            frame_item(&p2, "2a"),
+            frame_item(&p1, "1b"),
+            frame_item(&p2, "2b"),
+            frame_item(&p1, "1c"),
+            frame_item(&p2, "2c"),
         ])
     );
     // Sent between two batches: still behind what the binary is delivering.
     assert!(matches!(l1.route(msg("1d")), ToBinary::Held));
-    assert_eq!(drain(&reg, &c.lease), vec![frame_item(&p1, "1d", false)]);
+    assert_eq!(drain(&reg, &c.lease), vec![frame_item(&p1, "1d")]);
     // Handover done: straight to the binary.
-    assert_eq!(forwarded(l1.route(msg("1e"))), (*b.id(), msg("1e"), false));
+    assert_eq!(forwarded(l1.route(msg("1e"))), (*b.id(), msg("1e")));
 }
 
 #[test]
@@ -684,7 +676,7 @@ fn held_messages_past_the_phones_byte_budget_overflow() {
     let (_b, c) = claim(&reg, &id);
     let items = drain(&reg, &c.lease);
     assert_eq!(items.len(), 3);
-    assert_eq!(items[2], frame_item(&p2, "0123456789", true));
+    assert_eq!(items[2], frame_item(&p2, "0123456789"));
 }
 
 #[test]
@@ -730,7 +722,7 @@ fn under_inherit_what_attached_phones_send_during_grace_is_held_for_the_reclaimi
     assert!(c.has_backlog);
     assert_eq!(
         drain(&reg, &c.lease),
-        vec![frame_item(&p, "1", true), frame_item(&p, "2", false)]
+        vec![frame_item(&p, "1"), frame_item(&p, "2")]
     );
 }
 
@@ -789,7 +781,7 @@ fn messages_still_held_when_the_binary_leaves_mid_handover_go_to_the_next_binary
     let (_c, cc) = claim(&reg, &id);
     assert_eq!(
         drain(&reg, &cc.lease),
-        vec![frame_item(&p, "1", true), frame_item(&p, "2", false)]
+        vec![frame_item(&p, "1"), frame_item(&p, "2")]
     );
 }
 
@@ -808,24 +800,25 @@ fn take_backlog_by_a_displaced_binary_is_lost_and_leaves_the_messages_held() {
     assert!(cc.has_backlog);
 
     assert!(matches!(reg.take_backlog(&cb.lease), Backlog::Lost));
-    assert_eq!(drain(&reg, &cc.lease), vec![frame_item(&p, "1", true)]);
+    assert_eq!(drain(&reg, &cc.lease), vec![frame_item(&p, "1")]);
 }
 
-// §4.1 The token rides on the first envelope each binary receives
+// §4.1, §6.3, §6.4: which binary gets a phone's messages, and in which order. (The token is
+// never forwarded, §4.1: the registry never sees it.)
 
 #[test]
-fn token_rides_on_the_first_direct_envelope_of_a_phone_only() {
+fn attached_phone_messages_go_straight_to_the_binary_in_order() {
     let (reg, _) = registry(ReclaimPolicy::Evict);
     let id = sid("s1");
     let (b, _lease) = live(&reg, &id);
     let (_p, l) = attached(&reg, &id);
-    assert_eq!(forwarded(l.route(msg("1"))), (*b.id(), msg("1"), true));
-    assert_eq!(forwarded(l.route(msg("2"))), (*b.id(), msg("2"), false));
-    assert_eq!(forwarded(l.route(msg("3"))), (*b.id(), msg("3"), false));
+    assert_eq!(forwarded(l.route(msg("1"))), (*b.id(), msg("1")));
+    assert_eq!(forwarded(l.route(msg("2"))), (*b.id(), msg("2")));
+    assert_eq!(forwarded(l.route(msg("3"))), (*b.id(), msg("3")));
 }
 
 #[test]
-fn token_rides_on_the_first_held_frame_of_a_pending_phone_only() {
+fn pending_phone_messages_are_held_then_delivered_before_its_direct_ones() {
     let (reg, _) = registry(ReclaimPolicy::Evict);
     let id = sid("s1");
     let (_a, lease) = live(&reg, &id);
@@ -836,13 +829,13 @@ fn token_rides_on_the_first_held_frame_of_a_pending_phone_only() {
     let (b, c) = claim(&reg, &id);
     assert_eq!(
         drain(&reg, &c.lease),
-        vec![frame_item(&p, "1", true), frame_item(&p, "2", false)]
+        vec![frame_item(&p, "1"), frame_item(&p, "2")]
     );
-    assert_eq!(forwarded(l.route(msg("3"))), (*b.id(), msg("3"), false));
+    assert_eq!(forwarded(l.route(msg("3"))), (*b.id(), msg("3")));
 }
 
 #[test]
-fn pending_phone_that_held_nothing_carries_the_token_on_its_first_direct_envelope() {
+fn pending_phone_that_held_nothing_goes_direct_once_a_binary_claims() {
     let (reg, _) = registry(ReclaimPolicy::Evict);
     let id = sid("s1");
     let (_a, lease) = live(&reg, &id);
@@ -850,32 +843,32 @@ fn pending_phone_that_held_nothing_carries_the_token_on_its_first_direct_envelop
     let (_p, l) = pending(&reg, &id);
     let (b, c) = claim(&reg, &id);
     assert!(!c.has_backlog);
-    assert_eq!(forwarded(l.route(msg("1"))), (*b.id(), msg("1"), true));
-    assert_eq!(forwarded(l.route(msg("2"))), (*b.id(), msg("2"), false));
+    assert_eq!(forwarded(l.route(msg("1"))), (*b.id(), msg("1")));
+    assert_eq!(forwarded(l.route(msg("2"))), (*b.id(), msg("2")));
 }
 
 #[test]
-fn under_inherit_the_reclaiming_binary_gets_the_token_again_on_the_direct_path() {
+fn under_inherit_the_reclaiming_binary_gets_the_kept_phones_next_messages() {
     let (reg, _) = registry(ReclaimPolicy::Inherit);
     let id = sid("s1");
     let (_a, lease) = live(&reg, &id);
     let (_p, l) = attached(&reg, &id);
-    assert!(forwarded(l.route(msg("1"))).2);
-    assert!(!forwarded(l.route(msg("2"))).2);
+    let (a, _) = forwarded(l.route(msg("1")));
+    assert_eq!(a, *_a.id());
     release(&reg, &lease);
 
     let (b, _c) = claim(&reg, &id);
-    assert_eq!(forwarded(l.route(msg("3"))), (*b.id(), msg("3"), true));
-    assert_eq!(forwarded(l.route(msg("4"))), (*b.id(), msg("4"), false));
+    assert_eq!(forwarded(l.route(msg("3"))), (*b.id(), msg("3")));
+    assert_eq!(forwarded(l.route(msg("4"))), (*b.id(), msg("4")));
 }
 
 #[test]
-fn under_inherit_the_reclaiming_binary_gets_the_token_again_on_the_held_path() {
+fn under_inherit_messages_held_during_grace_go_to_the_reclaiming_binary() {
     let (reg, _) = registry(ReclaimPolicy::Inherit);
     let id = sid("s1");
     let (_a, lease) = live(&reg, &id);
     let (p, l) = attached(&reg, &id);
-    assert!(forwarded(l.route(msg("1"))).2);
+    assert_eq!(forwarded(l.route(msg("1"))), (*_a.id(), msg("1")));
     release(&reg, &lease);
     l.route(msg("2"));
     l.route(msg("3"));
@@ -883,12 +876,12 @@ fn under_inherit_the_reclaiming_binary_gets_the_token_again_on_the_held_path() {
     let (_b, c) = claim(&reg, &id);
     assert_eq!(
         drain(&reg, &c.lease),
-        vec![frame_item(&p, "2", true), frame_item(&p, "3", false)]
+        vec![frame_item(&p, "2"), frame_item(&p, "3")]
     );
 }
 
 #[test]
-fn token_rides_again_to_each_binary_across_several_grace_periods() {
+fn under_inherit_each_reclaiming_binary_gets_what_was_held_across_several_grace_periods() {
     let (reg, _) = registry(ReclaimPolicy::Inherit);
     let id = sid("s1");
     let (_a, lease) = live(&reg, &id);
@@ -897,13 +890,17 @@ fn token_rides_again_to_each_binary_across_several_grace_periods() {
     for round in 0..3 {
         release(&reg, &lease);
         l.route(msg("held"));
-        let (_b, c) = claim(&reg, &id);
+        let (b, c) = claim(&reg, &id);
         assert_eq!(
             drain(&reg, &c.lease),
-            vec![frame_item(&p, "held", true)],
+            vec![frame_item(&p, "held")],
             "round {round}"
         );
-        assert!(!forwarded(l.route(msg("direct"))).2, "round {round}");
+        assert_eq!(
+            forwarded(l.route(msg("direct"))),
+            (*b.id(), msg("direct")),
+            "round {round}"
+        );
         lease = c.lease;
     }
 }
@@ -969,7 +966,7 @@ fn pending_phone_leaving_during_grace_takes_its_held_messages_with_it_and_sends_
         let (_b, c) = claim(&reg, &id);
         assert_eq!(
             drain(&reg, &c.lease),
-            vec![frame_item(&stays, "s1", true)],
+            vec![frame_item(&stays, "s1")],
             "{policy:?}"
         );
         assert_eq!(gone.closed(), None, "{policy:?}");
@@ -996,8 +993,8 @@ fn under_inherit_attached_phone_leaving_during_grace_has_its_notice_held_after_i
     assert_eq!(
         drain(&reg, &c.lease),
         vec![
-            frame_item(&p, "1", true),
-            frame_item(&p, "2", false),
+            frame_item(&p, "1"),
+            frame_item(&p, "2"),
             notice_item(&p, 1001),
         ]
     );
@@ -1069,7 +1066,7 @@ fn phone_leaving_while_its_messages_are_being_handed_over_has_its_notice_queued_
         .is_none());
     assert_eq!(
         drain(&reg, &c.lease),
-        vec![frame_item(&p, "1", true), notice_item(&p, 1001)]
+        vec![frame_item(&p, "1"), notice_item(&p, 1001)]
     );
     assert!(b.sent().is_empty());
 }

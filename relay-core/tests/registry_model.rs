@@ -12,9 +12,9 @@
 //!   and takeover, nothing else), so no phone of a freed slot is left open;
 //! - a stale or early expiry changes nothing at all.
 //!
-//! The model decides the token flag from first principles (§4.1: has *this* binary received
-//! an envelope of this phone yet?) rather than mirroring the registry's bookkeeping, and the
-//! held-byte budget from the frames actually still held.
+//! The model decides the held-byte budget from the frames actually still held rather than
+//! mirroring the registry's bookkeeping. (No token is modelled: it is never forwarded, §4.1,
+//! and the registry never sees it.)
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::time::Duration;
@@ -161,7 +161,7 @@ enum MClaim {
 
 #[derive(Debug)]
 enum MSend {
-    Forward { binary: usize, with_token: bool },
+    Forward { binary: usize },
     Held,
     Dropped,
     Overflow,
@@ -188,8 +188,6 @@ struct Model {
     now: u64,
     next_epoch: usize,
     slots: Vec<Option<MSlot>>,
-    /// (binary, phone) pairs where the binary has received an envelope of the phone (§4.1).
-    seen: HashSet<(usize, usize)>,
 }
 
 impl Model {
@@ -199,7 +197,6 @@ impl Model {
             now: 0,
             next_epoch: 0,
             slots: vec![None; SERVER_IDS],
-            seen: HashSet::new(),
         }
     }
 
@@ -314,13 +311,7 @@ impl Model {
             return MSend::Gone;
         };
         match &slot.binary {
-            MBinary::Live { id, backlog: None } => {
-                let binary = *id;
-                MSend::Forward {
-                    binary,
-                    with_token: self.seen.insert((binary, phone)),
-                }
-            }
+            MBinary::Live { id, backlog: None } => MSend::Forward { binary: *id },
             MBinary::Grace { .. } if attached && policy == ReclaimPolicy::Evict => MSend::Dropped,
             _ => {
                 if slot.held_bytes(phone) + frame.len() > BUDGET {
@@ -601,27 +592,13 @@ impl Harness {
                 let sid = self.phones[p].sid;
                 let got = self.phones[p].lease.route(frame.clone());
                 match (got, self.model.send(sid, p, frame.clone())) {
-                    (
-                        ToBinary::Forward {
-                            binary,
-                            frame: f,
-                            with_token,
-                        },
-                        MSend::Forward {
-                            binary: b,
-                            with_token: t,
-                        },
-                    ) => {
+                    (ToBinary::Forward { binary, frame: f }, MSend::Forward { binary: b }) => {
                         assert_eq!(
                             binary.id(),
                             self.binaries[b].conn.id(),
                             "forwarded to the holder"
                         );
                         assert_eq!(f, frame);
-                        assert_eq!(
-                            with_token, t,
-                            "token on the first envelope each binary gets"
-                        );
                     }
                     (ToBinary::Held, MSend::Held)
                     | (ToBinary::Dropped, MSend::Dropped)
@@ -663,20 +640,16 @@ impl Harness {
                         let want: Vec<(ConnId, Held)> = want
                             .into_iter()
                             .map(|item| match item {
-                                MItem::Frame { phone, frame } => (
-                                    *self.phones[phone].conn.id(),
-                                    Held::Frame {
-                                        frame,
-                                        with_token: self.model.seen.insert((b, phone)),
-                                    },
-                                ),
+                                MItem::Frame { phone, frame } => {
+                                    (*self.phones[phone].conn.id(), Held::Frame(frame))
+                                }
                                 MItem::Notice { phone, code } => (
                                     *self.phones[phone].conn.id(),
                                     Held::Notice(CloseCode::from_wire(code)),
                                 ),
                             })
                             .collect();
-                        assert_eq!(got, want, "held messages, in order, with tokens");
+                        assert_eq!(got, want, "held messages, in order");
                     }
                     (got, want) => panic!(
                         "take_backlog by {b}: registry {}, model {want:?}",

@@ -181,13 +181,16 @@ fn check_headers(
             version: headers::version(single(req, headers::VERSION)?)?.to_owned(),
             remote,
         }),
-        Endpoint::Client => Hello::Phone(PhoneHello {
-            server_id,
-            token: headers::token(single(req, headers::TOKEN)?)?,
-            device_name: headers::device_name(single(req, headers::DEVICE_NAME)?)?
-                .map(str::to_owned),
-            remote,
-        }),
+        Endpoint::Client => {
+            // Checked (§2), then dropped: the token is never forwarded (§4.1).
+            headers::token(single(req, headers::TOKEN)?)?;
+            Hello::Phone(PhoneHello {
+                server_id,
+                device_name: headers::device_name(single(req, headers::DEVICE_NAME)?)?
+                    .map(str::to_owned),
+                remote,
+            })
+        }
     })
 }
 

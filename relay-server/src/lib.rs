@@ -5,8 +5,8 @@
 //! `admission/` (limits and the memory budget), `server` (accept loops, handshake deadline,
 //! shutdown), `http` (routes, header rules, upgrade,
 //! `/healthz`), `ws/` (one connection: reader, peer queue, writer, session), `roles/` (what a
-//! binary and a phone do with their messages), `metrics/` (the §10 series and their listener),
-//! `logging`.
+//! binary and a phone do with their messages), `push/` (push wake through FCM, §4.4),
+//! `metrics/` (the §10 series and their listener), `logging`.
 
 pub mod admission;
 pub mod cluster;
@@ -17,6 +17,7 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod options;
+pub mod push;
 pub mod roles;
 pub mod server;
 pub mod shared;

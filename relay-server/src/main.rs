@@ -13,6 +13,7 @@ use relay_server::config::{self, ListenMode};
 use relay_server::listen;
 use relay_server::logging::stderr_line;
 use relay_server::metrics::serve::MetricsListener;
+use relay_server::push::PushSettings;
 use relay_server::{Relay, RelayOptions};
 use tracing::{error, info, warn};
 
@@ -46,14 +47,19 @@ async fn serve(config: config::Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut opts = RelayOptions::from(&config);
+    // §4.4: the key is read and checked before anything binds; an unusable one is exit 2.
+    if let Some(push) = &config.push {
+        match PushSettings::load(push) {
+            Ok(settings) => opts.push = Some(settings),
+            Err(e) => {
+                stderr_line(&format!("relay-server: {e}"));
+                return ExitCode::from(2);
+            }
+        }
+    }
     let addr = prepared.addr;
-    let relay = match Relay::bind_with(
-        addr,
-        prepared.transport.clone(),
-        RelayOptions::from(&config),
-    )
-    .await
-    {
+    let relay = match Relay::bind_with(addr, prepared.transport.clone(), opts).await {
         Ok(relay) => relay,
         Err(e) => {
             error!(addr = %addr, err = %e, "cannot bind listener");
@@ -124,6 +130,9 @@ async fn serve(config: config::Config) -> ExitCode {
     }
     if let Some(resolver) = &prepared.reloadable {
         relay.shared().metrics.attach_certificates(resolver.clone());
+    }
+    if let Some(push) = &relay.shared().opts.push {
+        info!(addr = %push.endpoint, "push wake on (FCM)");
     }
     listen::start_reload(&prepared);
     // §10: every bound address, comma-separated, the main (WebSocket) listener first.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use relay_core::ReclaimPolicy;
 
 use crate::listen::stream::TlsSplit;
+use crate::push::PushSettings;
 
 #[derive(Clone, Debug)]
 pub struct RelayOptions {
@@ -42,6 +43,9 @@ pub struct RelayOptions {
     pub faults: Option<std::sync::Arc<crate::faults::Faults>>,
     /// How upgraded TLS connections split (benchmarks compare; always `Own` in the binary).
     pub tls_split: TlsSplit,
+    /// Push wake (§4.4): `None` is off. Loaded at boot by [`PushSettings::load`] (it reads
+    /// the key), so `From<&Config>` leaves it `None` and `main` fills it in.
+    pub push: Option<PushSettings>,
 }
 
 impl Default for RelayOptions {
@@ -69,6 +73,7 @@ impl Default for RelayOptions {
             ipv6_prefix_len: 64,
             trust_x_forwarded_for: false,
             tls_split: TlsSplit::Own,
+            push: None,
             faults: None,
         }
     }
@@ -116,6 +121,7 @@ impl From<&crate::config::Config> for RelayOptions {
             ipv6_prefix_len: c.admission.ipv6_prefix_len,
             trust_x_forwarded_for: c.admission.trust_x_forwarded_for,
             tls_split: TlsSplit::Own,
+            push: None,
             faults: None,
         }
     }

@@ -131,10 +131,14 @@ impl Relay {
         }
         info!("shutting down: closing every connection with 1001");
         let max = u32::try_from(shared.opts.max_connections).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(
-            shared.opts.shutdown_timeout,
-            shared.conn_slots.acquire_many(max),
-        )
+        // Push sends in flight are cancelled by the same signal (§4.4) and drain alongside.
+        let drained = tokio::time::timeout(shared.opts.shutdown_timeout, async {
+            let (conns, _) = tokio::join!(
+                shared.conn_slots.acquire_many(max),
+                shared.push.drain(shared.opts.shutdown_timeout)
+            );
+            conns
+        })
         .await;
         match drained {
             Ok(_) => {

@@ -12,6 +12,7 @@ use crate::admission::shed::Outboxes;
 use crate::listen::stats::ListenStats;
 use crate::metrics::Metrics;
 use crate::options::RelayOptions;
+use crate::push::PushService;
 use crate::ws::peer::{Peer, PeerLimits, Role};
 
 pub struct Shared {
@@ -33,6 +34,8 @@ pub struct Shared {
     pub refusal_log: crate::logging::throttle::SharedThrottle,
     /// Refusals before the upgrade: handshakes, PROXY headers, the deadline, 421 (§8, §9).
     pub listen_stats: ListenStats,
+    /// Push wake (§4.4): off unless `opts.push` carries settings.
+    pub push: PushService,
 }
 
 impl Shared {
@@ -47,6 +50,7 @@ impl Shared {
             },
             SystemClock,
         );
+        let push = PushService::new(opts.push.clone(), shutdown.clone());
         Shared {
             registry,
             conn_slots: Arc::new(Semaphore::new(opts.max_connections)),
@@ -64,6 +68,7 @@ impl Shared {
             started: Instant::now(),
             metrics: Metrics::default(),
             listen_stats: ListenStats::default(),
+            push,
         }
     }
 
@@ -71,14 +76,13 @@ impl Shared {
         *self.shutdown.borrow()
     }
 
-    pub fn new_peer(&self, role: Role, token: Option<relay_core::Token>) -> Peer {
+    pub fn new_peer(&self, role: Role) -> Peer {
         let queue_bytes = match role {
             Role::Binary => self.opts.effective_binary_inbox(),
             Role::Phone => self.opts.phone_outbox_bytes,
         };
         Peer::new(
             role,
-            token,
             PeerLimits {
                 heartbeat_interval: self.opts.heartbeat_interval,
                 heartbeat_timeout: self.opts.heartbeat_timeout,

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 // ---- helpers -------------------------------------------------------------------------------
 
 /// Connects a phone (with `token`, if any), sends `first`, and checks that `binary` receives it
-/// as its next envelope. Returns the phone and its conn_id.
+/// as its next envelope, without the token (§4.1). Returns the phone and its conn_id.
 async fn attach(
     addr: SocketAddr,
     server_id: &str,
@@ -45,12 +45,20 @@ async fn attach(
         "first envelope is the new phone's: {}",
         env.raw
     );
-    assert_eq!(
-        env.token.as_deref(),
-        token,
-        "token on the first envelope (§4.1)"
-    );
+    if let Some(token) = token {
+        assert_no_token(&env, token);
+    }
     (phone, env.conn_id)
+}
+
+/// §4.1: the token is never forwarded: no `token` field, and its value nowhere in the message.
+fn assert_no_token(env: &relay_testkit::client::Envelope, token: &str) {
+    assert_eq!(env.token, None, "{}", env.raw);
+    assert!(
+        !env.raw.contains(token),
+        "token on the binary leg: {}",
+        env.raw
+    );
 }
 
 /// The relay reads one connection's frames in order and answers a ping when it reaches it, so
@@ -242,7 +250,8 @@ async fn dead_incumbent_loses_the_probe_and_its_phones_get_4404_under_evict() {
 
 #[tokio::test]
 async fn dead_incumbent_loses_the_probe_and_its_phones_stay_under_inherit() {
-    // §6.2 + §6.4 inherit: the phones continue with the newcomer, which gets the token again.
+    // §6.2 + §6.4 inherit: the phones continue with the newcomer; neither binary ever gets
+    // the phone's token (§4.1).
     let relay = start(RelayOptions {
         reclaim_policy: ReclaimPolicy::Inherit,
         ..fast_opts()
@@ -259,7 +268,7 @@ async fn dead_incumbent_loses_the_probe_and_its_phones_stay_under_inherit() {
     let first = relay_testkit::client::Envelope::parse(incumbent.read_text().await.unwrap())
         .expect("an envelope");
     assert_eq!(first.frame(), Some(r#"{"n":1}"#));
-    assert_eq!(first.token.as_deref(), Some("tok-takeover"));
+    assert_no_token(&first, "tok-takeover");
     let conn_id = first.conn_id;
 
     // The raw incumbent never answers a ping: it loses the probe.
@@ -269,19 +278,18 @@ async fn dead_incumbent_loses_the_probe_and_its_phones_stay_under_inherit() {
         (1011, reason("heartbeat timeout"))
     );
 
-    // The phone was kept and now talks to the newcomer, token first (§4.1: once per binary).
+    // The phone was kept and now talks to the newcomer, never with its token (§4.1).
     phone.send_text(r#"{"n":2}"#).await.unwrap();
     let env = newcomer.recv_envelope().await.unwrap();
     assert_eq!(
-        (env.conn_id.as_str(), env.frame(), env.token.as_deref()),
-        (conn_id.as_str(), Some(r#"{"n":2}"#), Some("tok-takeover"))
+        (env.conn_id.as_str(), env.frame()),
+        (conn_id.as_str(), Some(r#"{"n":2}"#))
     );
+    assert_no_token(&env, "tok-takeover");
     phone.send_text(r#"{"n":3}"#).await.unwrap();
     let env = newcomer.recv_envelope().await.unwrap();
-    assert_eq!(
-        (env.frame(), env.token.as_deref()),
-        (Some(r#"{"n":3}"#), None)
-    );
+    assert_eq!(env.frame(), Some(r#"{"n":3}"#));
+    assert_no_token(&env, "tok-takeover");
     newcomer
         .send_to(&conn_id, r#""from the newcomer""#)
         .await
@@ -401,12 +409,15 @@ async fn reclaim_during_grace_under_inherit_keeps_phones(how: Leaves) {
     assert_eq!(
         of(&p_id),
         vec![
-            (s(r#"{"p":1}"#), s("tok-p"), None),
+            (s(r#"{"p":1}"#), None, None),
             (s(r#"{"p":2}"#), None, None),
             (s(r#"{"p":3}"#), None, None),
         ],
-        "held in order, token again on the first envelope this binary gets (§4.1)"
+        "held in order, never with the token (§4.1)"
     );
+    for e in &held {
+        assert_no_token(e, "tok-p");
+    }
     assert_eq!(
         of(&q_id),
         vec![(s(r#"{"q":1}"#), None, None), (None, None, Some(4000))]
@@ -416,9 +427,10 @@ async fn reclaim_during_grace_under_inherit_keeps_phones(how: Leaves) {
     p.send_text(r#"{"p":4}"#).await.unwrap();
     let env = new.recv_envelope().await.unwrap();
     assert_eq!(
-        (env.conn_id.as_str(), env.frame(), env.token.as_deref()),
-        (p_id.as_str(), Some(r#"{"p":4}"#), None)
+        (env.conn_id.as_str(), env.frame()),
+        (p_id.as_str(), Some(r#"{"p":4}"#))
     );
+    assert_no_token(&env, "tok-p");
     new.send_to(&p_id, r#""welcome back""#).await.unwrap();
     assert_eq!(p.recv_text().await.unwrap(), r#""welcome back""#);
 }
@@ -436,7 +448,8 @@ async fn reclaim_after_binary_vanishes_under_inherit_hands_phones_and_held_messa
 #[tokio::test]
 async fn phone_connecting_during_grace_is_pending_and_its_messages_go_to_the_reclaiming_binary() {
     // §6.3: registered normally (no 4404); held in order; delivered to the next binary first,
-    // token on the first one (§4.1). Default policy (evict) does not matter for pending phones.
+    // never with the phone's token (§4.1). Default policy (evict) does not matter for pending
+    // phones.
     let relay = start(fast_opts()).await;
     let id = fresh_server_id();
     let old = FakeBinary::connect(relay.addr, &id).await.unwrap();
@@ -465,26 +478,26 @@ async fn phone_connecting_during_grace_is_pending_and_its_messages_go_to_the_rec
 
     let mut new = FakeBinary::connect(relay.addr, &id).await.unwrap();
     let first = new.recv_envelope().await.unwrap();
-    assert_eq!(
-        (first.frame(), first.token.as_deref()),
-        (Some(r#"{"seq":1}"#), Some("tok-pending"))
-    );
+    assert_eq!(first.frame(), Some(r#"{"seq":1}"#));
+    assert_no_token(&first, "tok-pending");
     let p_id = first.conn_id;
     for i in 2..=3 {
         let env = new.recv_envelope().await.unwrap();
         let want = format!(r#"{{"seq":{i}}}"#);
         assert_eq!(
-            (env.conn_id.as_str(), env.frame(), env.token.as_deref()),
-            (p_id.as_str(), Some(want.as_str()), None)
+            (env.conn_id.as_str(), env.frame()),
+            (p_id.as_str(), Some(want.as_str()))
         );
+        assert_no_token(&env, "tok-pending");
     }
     // Next comes the phone's live message: nothing of the departed pending phone came first.
     p.send_text(r#"{"seq":4}"#).await.unwrap();
     let env = new.recv_envelope().await.unwrap();
     assert_eq!(
-        (env.conn_id.as_str(), env.frame(), env.token.as_deref()),
-        (p_id.as_str(), Some(r#"{"seq":4}"#), None)
+        (env.conn_id.as_str(), env.frame()),
+        (p_id.as_str(), Some(r#"{"seq":4}"#))
     );
+    assert_no_token(&env, "tok-pending");
     new.send_to(&p_id, r#""hello pending""#).await.unwrap();
     assert_eq!(p.recv_text().await.unwrap(), r#""hello pending""#);
 }

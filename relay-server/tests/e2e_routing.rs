@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use relay_core::envelope::EnvelopeError;
 use relay_core::ReclaimPolicy;
 use relay_server::RelayOptions;
-use relay_testkit::client::{fresh_server_id, ClientBuilder, FakeBinary, FakePhone};
+use relay_testkit::client::{fresh_server_id, ClientBuilder, Envelope, FakeBinary, FakePhone};
 use relay_testkit::raw::{OpCode, RawClient, RawError, RawMessage};
 use support::{binary_for, TestRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -218,46 +218,54 @@ async fn binary_conn_id_with_json_escapes_is_decoded_before_routing() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// §4.1: token
+// §4.1: the token is never forwarded
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn token_rides_on_the_first_envelope_of_a_conn_id_only() {
-    // §4.1: once per (conn_id, binary); other envelopes never carry it.
-    let relay = support::start(support::fast_opts()).await;
-    let sid = fresh_server_id();
-    let mut binary = binary_for(&relay, &sid).await;
-    let mut phone = FakePhone::builder(relay.addr, &sid)
-        .token("tok-ABC.123~")
-        .connect()
-        .await
-        .unwrap();
-    phone.send_text("1").await.unwrap();
-    let first = binary.recv_envelope().await.unwrap();
-    assert_eq!(first.token.as_deref(), Some("tok-ABC.123~"));
-    assert_eq!(
-        first.raw,
-        format!(
-            r#"{{"conn_id":"{}","frame":1,"token":"tok-ABC.123~"}}"#,
-            first.conn_id
-        )
+/// §4.1: the envelope is exactly `{"conn_id":…,"frame":…}`: no token field, and the phone's
+/// `X-Pyrycode-Token` value nowhere in it.
+fn assert_no_token(env: &Envelope, token: &str) {
+    assert_eq!(env.token, None, "{}", env.raw);
+    assert!(
+        !env.raw.contains(token),
+        "token on the binary leg: {}",
+        env.raw
     );
-    for n in 2..=5 {
-        phone.send_text(&n.to_string()).await.unwrap();
-        let env = binary.recv_envelope().await.unwrap();
-        assert_eq!(env.frame(), Some(n.to_string().as_str()));
-        assert_eq!(
-            env.token, None,
-            "token repeated on envelope {n}: {}",
-            env.raw
-        );
-    }
+    let frame = env.frame().expect("a frame");
+    assert_eq!(
+        env.raw,
+        format!(r#"{{"conn_id":"{}","frame":{frame}}}"#, env.conn_id)
+    );
 }
 
 #[tokio::test]
-async fn token_rides_again_on_the_first_envelope_a_new_binary_receives() {
-    // §4.1: "the first envelope of that conn_id that each binary receives": a binary that
-    // inherits the phone at reclaim (§6.4, policy inherit) gets the token once too.
+async fn token_never_reaches_the_binary_from_a_direct_phone() {
+    // §4.1 "Relay implementations MUST NOT set it": not on the first envelope, not later.
+    let relay = support::start(support::fast_opts()).await;
+    let sid = fresh_server_id();
+    let mut binary = binary_for(&relay, &sid).await;
+    let token = "tok-ABC.123~";
+    let mut phone = FakePhone::builder(relay.addr, &sid)
+        .token(token)
+        .connect()
+        .await
+        .unwrap();
+    for n in 1..=5 {
+        phone.send_text(&n.to_string()).await.unwrap();
+        let env = binary.recv_envelope().await.unwrap();
+        assert_eq!(env.frame(), Some(n.to_string().as_str()));
+        assert_no_token(&env, token);
+    }
+    // Nor in the close notice when the phone leaves (§4.3).
+    phone.close(1000).await.unwrap();
+    let notice = binary.recv_envelope().await.unwrap();
+    assert_eq!(notice.close_code, Some(1000));
+    assert!(!notice.raw.contains(token), "{}", notice.raw);
+}
+
+#[tokio::test]
+async fn token_never_reaches_the_binary_that_inherits_a_phone() {
+    // §4.1 + §6.4 inherit: neither the old binary, nor the new one on the held path (sent
+    // during grace) or the direct path.
     let relay = support::start(RelayOptions {
         reclaim_policy: ReclaimPolicy::Inherit,
         ..support::fast_opts()
@@ -265,38 +273,56 @@ async fn token_rides_again_on_the_first_envelope_a_new_binary_receives() {
     .await;
     let sid = fresh_server_id();
     let mut old = binary_for(&relay, &sid).await;
+    let token = "per-binary-secret";
     let mut phone = FakePhone::builder(relay.addr, &sid)
-        .token("per-binary")
+        .token(token)
         .connect()
         .await
         .unwrap();
     phone.send_text("1").await.unwrap();
-    assert_eq!(
-        old.recv_envelope().await.unwrap().token.as_deref(),
-        Some("per-binary")
-    );
-    phone.send_text("2").await.unwrap();
-    assert_eq!(old.recv_envelope().await.unwrap().token, None);
+    assert_no_token(&old.recv_envelope().await.unwrap(), token);
 
     old.abort();
     support::eventually("the slot is in grace", || {
         relay.shared.registry.in_grace(&sid)
     })
     .await;
+    phone.send_text("2").await.unwrap();
     let mut new = binary_for(&relay, &sid).await;
+    let held = new.recv_envelope().await.unwrap();
+    assert_eq!(
+        held.frame(),
+        Some("2"),
+        "held during grace, delivered first"
+    );
+    assert_no_token(&held, token);
     phone.send_text("3").await.unwrap();
     let env = new.recv_envelope().await.unwrap();
     assert_eq!(env.frame(), Some("3"));
-    assert_eq!(env.token.as_deref(), Some("per-binary"));
-    phone.send_text("4").await.unwrap();
-    let env = new.recv_envelope().await.unwrap();
-    assert_eq!(env.frame(), Some("4"));
-    assert_eq!(env.token, None);
+    assert_no_token(&env, token);
+}
+
+#[tokio::test]
+async fn token_is_checked_but_never_forwarded_even_with_json_special_characters() {
+    // §2: a valid header (quote and backslash are printable ASCII) is accepted; §4.1: dropped.
+    let relay = support::start(support::fast_opts()).await;
+    let sid = fresh_server_id();
+    let mut binary = binary_for(&relay, &sid).await;
+    let token = r#"a"b\c"#;
+    let mut phone = FakePhone::builder(relay.addr, &sid)
+        .token(token)
+        .connect()
+        .await
+        .unwrap();
+    phone.send_text("{}").await.unwrap();
+    let env = binary.recv_envelope().await.unwrap();
+    assert_no_token(&env, token);
+    assert!(!env.raw.contains(r#"a\"b"#), "{}", env.raw);
 }
 
 #[tokio::test]
 async fn phone_without_token_header_never_gets_one() {
-    // §4.1: phones without the header never get one, even next to a phone that has one.
+    // §4.1: no envelope carries a token, with or without the header, side by side.
     let relay = support::start(support::fast_opts()).await;
     let sid = fresh_server_id();
     let mut binary = binary_for(&relay, &sid).await;
@@ -308,7 +334,7 @@ async fn phone_without_token_header_never_gets_one() {
     let mut without = FakePhone::connect(relay.addr, &sid).await.unwrap();
     with.send_text(r#""with""#).await.unwrap();
     let env = binary.recv_envelope().await.unwrap();
-    assert_eq!(env.token.as_deref(), Some("sibling-token"));
+    assert_no_token(&env, "sibling-token");
     for n in 0..3 {
         without.send_text(&n.to_string()).await.unwrap();
         let env = binary.recv_envelope().await.unwrap();
@@ -336,30 +362,6 @@ async fn empty_token_header_counts_as_absent() {
         assert_eq!(env.token, None, "{}", env.raw);
         assert!(!env.raw.contains("token"), "{}", env.raw);
     }
-}
-
-#[tokio::test]
-async fn token_with_a_quote_is_json_escaped() {
-    // §4.1: `"token":"<value>"` (JSON-escaped).
-    let relay = support::start(support::fast_opts()).await;
-    let sid = fresh_server_id();
-    let mut binary = binary_for(&relay, &sid).await;
-    let token = r#"a"b\c"#;
-    let mut phone = FakePhone::builder(relay.addr, &sid)
-        .token(token)
-        .connect()
-        .await
-        .unwrap();
-    phone.send_text("{}").await.unwrap();
-    let env = binary.recv_envelope().await.unwrap();
-    assert_eq!(env.token.as_deref(), Some(token));
-    assert_eq!(
-        env.raw,
-        format!(
-            r#"{{"conn_id":"{}","frame":{{}},"token":"a\"b\\c"}}"#,
-            env.conn_id
-        )
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -910,7 +912,7 @@ async fn header_values_at_their_limits_are_accepted() {
         .expect("limits accepted for the phone");
     phone.send_text("0").await.unwrap();
     let env = binary.recv_envelope().await.unwrap();
-    assert_eq!(env.token, Some("!".repeat(512)));
+    assert_no_token(&env, &"!".repeat(512));
 }
 
 #[tokio::test]
@@ -955,7 +957,7 @@ async fn v2_paths_are_aliases_of_v1() {
     phone.send_text(r#"{"v":2}"#).await.unwrap();
     let env = binary.recv_envelope().await.unwrap();
     assert_eq!(env.frame(), Some(r#"{"v":2}"#));
-    assert_eq!(env.token.as_deref(), Some("v2-token"));
+    assert_no_token(&env, "v2-token");
     binary.send_to(&env.conn_id, r#"{"back":2}"#).await.unwrap();
     assert_eq!(phone.recv_text().await.unwrap(), r#"{"back":2}"#);
 }

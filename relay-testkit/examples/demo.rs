@@ -4,14 +4,17 @@
 //! cargo run --release -p relay-server                  # terminal 1
 //! cargo run -p relay-testkit --example demo            # terminal 2
 //! cargo run -p relay-testkit --example demo -- --addr 127.0.0.1:9000 my-server-id
+//! cargo run -p relay-testkit --example demo -- --wake   # with the relay pointed at fake-fcm
 //!
 //! cargo run --release -p relay-server -- --dev-tls     # wss on 127.0.0.1:8443
 //! cargo run -p relay-testkit --example demo -- --tls-ca relay-dev-cert.pem
 //! ```
 //!
-//! The binary claims a server-id (protocol.md §6.1), the phone sends one JSON message, the
-//! binary receives it wrapped in a routing envelope (§4.1) and echoes the frame back (§4.2),
-//! and the phone receives exactly those bytes. Closing the phone shows the close notice (§4.3).
+//! The binary claims a server-id (protocol.md §6.1), the phone (with an `X-Pyrycode-Token`)
+//! sends one JSON message, the binary receives it wrapped in a routing envelope without the
+//! token (§4.1) and echoes the frame back (§4.2), and the phone receives exactly those bytes.
+//! With `--wake` the binary then asks the relay for a push wake (§4.4), which the `fake-fcm`
+//! program shows arriving. Closing the phone shows the close notice (§4.3).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -31,6 +34,9 @@ struct Args {
     tls_ca: Option<std::path::PathBuf>,
     /// Server-id the binary claims. [default: a fresh UUIDv4-shaped id]
     server_id: Option<String>,
+    /// Also send a push wake (start the relay with push on, e.g. pointed at `fake-fcm`).
+    #[arg(long)]
+    wake: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -70,12 +76,16 @@ async fn tour(args: &Args) -> Result<(), String> {
         .map_err(|e| not_running(addr, e))?;
     println!("binary  connected to {scheme}://{addr}/v1/server as server-id {server_id}");
 
+    let phone_token = "demo-phone-token";
     let mut phone = FakePhone::builder(addr, &server_id)
         .device_name("demo phone")
+        .token(phone_token)
         .connect()
         .await
         .map_err(|e| format!("phone could not connect: {e}"))?;
-    println!("phone   connected to {scheme}://{addr}/v1/client");
+    println!(
+        "phone   connected to {scheme}://{addr}/v1/client with X-Pyrycode-Token: {phone_token}"
+    );
 
     let hello = r#"{"type": "hello", "text": "hi from the phone"}"#;
     phone.send_text(hello).await.map_err(|e| e.to_string())?;
@@ -86,6 +96,10 @@ async fn tour(args: &Args) -> Result<(), String> {
         .await
         .map_err(|e| claim_failed(&server_id, e))?;
     println!("binary  received  {}", envelope.raw);
+    if envelope.raw.contains(phone_token) || envelope.token.is_some() {
+        return Err("the relay forwarded the phone's token (§4.1 forbids it)".into());
+    }
+    println!("        (no token: the relay checks it and never forwards it, §4.1)");
     let frame = envelope.frame().ok_or("the envelope has no frame")?;
 
     binary
@@ -101,6 +115,17 @@ async fn tour(args: &Args) -> Result<(), String> {
     println!("phone   received  {echoed}");
     if echoed != hello {
         return Err("the phone did not get back the bytes it sent".into());
+    }
+
+    if args.wake {
+        binary
+            .push_wake("demo-fcm-registration-token")
+            .await
+            .map_err(|e| e.to_string())?;
+        println!(
+            "binary  sent      {{\"push_wake\":{{\"platform\":\"fcm\",\"token\":\"demo-fcm-registration-token\"}}}}"
+        );
+        println!("        (no reply on the wire, ever; fake-fcm prints the FCM request, §4.4)");
     }
 
     phone.close(1000).await.map_err(|e| e.to_string())?;

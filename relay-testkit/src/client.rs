@@ -159,7 +159,8 @@ pub struct Envelope {
     /// `null`; `None` only if the key is absent, as in a close notice). §4.1 says these are the
     /// phone's bytes verbatim, which tests assert with `==`.
     pub frame: Option<String>,
-    /// The phone's `X-Pyrycode-Token`, present on the first envelope per (conn_id, binary).
+    /// A `token` field, if the relay wrote one. §4.1 says it never does (the phone's
+    /// `X-Pyrycode-Token` is not forwarded); parsed so tests can assert that it stays `None`.
     pub token: Option<String>,
     /// Present on a close notice: the phone's close code, 1001 if it vanished, or the relay's.
     pub close_code: Option<u16>,
@@ -519,7 +520,7 @@ impl ClientBuilder<FakeBinary> {
 }
 
 impl ClientBuilder<FakePhone> {
-    /// Sets `X-Pyrycode-Token` (§4.1: forwarded once per binary, never echoed).
+    /// Sets `X-Pyrycode-Token` (§2: validated; §4.1: never forwarded, never echoed).
     pub fn token(self, token: &str) -> Self {
         self.header("X-Pyrycode-Token", token)
     }
@@ -910,6 +911,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FakeBinary<S> {
             "{{\"conn_id\":{},\"frame\":{}}}",
             json_string(conn_id),
             frame_json
+        );
+        self.client.send_text(&text).await
+    }
+
+    /// Asks the relay to wake a phone through FCM (§4.4):
+    /// `{"push_wake":{"platform":"fcm","token":<token>}}`. The relay never answers.
+    pub async fn push_wake(&mut self, token: &str) -> Result<(), ClientError> {
+        let text = format!(
+            "{{\"push_wake\":{{\"platform\":\"fcm\",\"token\":{}}}}}",
+            json_string(token)
         );
         self.client.send_text(&text).await
     }

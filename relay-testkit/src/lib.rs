@@ -7,6 +7,8 @@
 //! - [`raw`] (feature `net`): a raw client that can misbehave on purpose.
 //! - [`tls`] (feature `net`): which addresses speak TLS, for all of the above; test certificates.
 //! - [`echo`] and [`load`] (feature `net`): the direct-echo baseline server and the load generator.
+//! - [`fcm`] (feature `net`): a stand-in for Google's token endpoint and FCM HTTP v1 over real
+//!   HTTPS, with a test-only service-account key, for push wake (§4.4).
 //! - [`services`]: finding the real programs (Pebble, Redis, HAProxy) that some tests need.
 //! - [`pebble`] (feature `net`): a real Pebble ACME CA with its DNS server, for ACME tests.
 //! - [`scratch`]: a temporary directory removed on drop.
@@ -22,6 +24,8 @@ pub use relay_core::clock::ManualClock;
 pub mod client;
 #[cfg(feature = "net")]
 pub mod echo;
+#[cfg(feature = "net")]
+pub mod fcm;
 #[cfg(feature = "net")]
 pub mod load;
 #[cfg(feature = "net")]

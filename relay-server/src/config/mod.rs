@@ -36,7 +36,7 @@ pub use listen::{
     AcmeMode, ListenMode, DEVELOPMENT_ADDR, DEV_TLS_ADDR, DEV_TLS_CERT_OUT, LETS_ENCRYPT_DIRECTORY,
 };
 pub use ops::{LogFormat, Ops};
-pub use push::{FcmCredentials, Push, FCM_ENDPOINT};
+pub use push::{validate_project_id, FcmCredentials, Push, FCM_ENDPOINT};
 
 use parse::{explicit, invalid};
 
@@ -163,7 +163,7 @@ impl Feature {
             Feature::RateLimits => true,
             Feature::HandshakeTimeout => true,
             Feature::MemoryBudget => true,
-            Feature::Push => false,
+            Feature::Push => true,
             Feature::Cluster => false,
         }
     }

@@ -471,19 +471,46 @@ fn admission_flags_are_refused_until_built() {
 }
 
 #[test]
-fn push_and_cluster_are_refused_until_built() {
-    refused_until_built(
-        &["--fcm-credentials", "key.json"],
-        &[],
-        "--fcm-credentials",
-        Feature::Push,
+fn push_flags_are_accepted_now_that_push_is_built() {
+    // §4.4: push wake is built; the key itself is read and checked by push::PushSettings at
+    // boot (main), not here.
+    assert!(Feature::Push.built());
+    let config = ok(&["--fcm-credentials", "key.json"]);
+    assert_eq!(
+        config.push,
+        Some(Push {
+            credentials: FcmCredentials::File("key.json".into()),
+            project_id: None,
+            endpoint: FCM_ENDPOINT.to_owned(),
+            ca_root: None,
+        })
     );
-    refused_until_built(
-        &[],
+    let config = parse_env(
+        &[
+            "--fcm-project-id",
+            "my-project-1",
+            "--fcm-endpoint",
+            "https://127.0.0.1:4443",
+            "--fcm-ca-root",
+            "ca.pem",
+        ],
         &[("PYRYCODE_RELAY_FCM_CREDENTIALS", "{}")],
-        "--fcm-credentials",
-        Feature::Push,
+        BootContext::default(),
+    )
+    .expect("push flags with a key");
+    assert_eq!(
+        config.push,
+        Some(Push {
+            credentials: FcmCredentials::Inline("{}".into()),
+            project_id: Some("my-project-1".into()),
+            endpoint: "https://127.0.0.1:4443".into(),
+            ca_root: Some("ca.pem".into()),
+        })
     );
+}
+
+#[test]
+fn cluster_is_refused_until_built() {
     refused_until_built(
         &[
             "--cluster-redis",

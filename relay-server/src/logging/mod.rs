@@ -8,11 +8,14 @@
 //!
 //! Field names come from a fixed allowlist, [`FIELD_ALLOWLIST`]: `server_id`, `conn_id`,
 //! `remote`, `binary_version`, `device_name`, `close_code`, `reason`, `path`, `err`,
-//! `duration`, `addr`, `mode`. A new field name is added there first, in review.
+//! `duration`, `addr`, `mode`, `token_fp` (a push token's fingerprint, §4.4). A new field
+//! name is added there first, in review.
 //!
 //! Never logged, at any level, under any field name:
 //! - message payloads (phone frames, envelopes, anything the peers send after the upgrade);
 //! - the `X-Pyrycode-Token` value, or anything derived from it;
+//! - push tokens, OAuth access tokens, the service-account key or its JWTs, FCM replies
+//!   (`token_fp` is the only trace of a push token);
 //! - raw header maps (`{:?}` of a request or its `HeaderMap`);
 //! - full `User-Agent` strings.
 //!

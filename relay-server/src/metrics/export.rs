@@ -13,7 +13,20 @@ use super::labels::*;
 use super::process::Process;
 use super::{Metrics, MALFORMED_KINDS};
 use crate::listen::stats::PreUpgrade;
+use crate::push::Outcome;
 use crate::shared::Shared;
+
+/// The push service's own outcome for a `push_wakes_total` label (the push service counts;
+/// the labels live here).
+fn push_outcome(o: PushOutcome) -> Outcome {
+    match o {
+        PushOutcome::Sent => Outcome::Sent,
+        PushOutcome::Unregistered => Outcome::Unregistered,
+        PushOutcome::SendFailed => Outcome::SendFailed,
+        PushOutcome::TokenFetchFailed => Outcome::TokenFetchFailed,
+        PushOutcome::Dropped => Outcome::Dropped,
+    }
+}
 
 /// The content type of a scrape.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -238,7 +251,7 @@ fn snapshot(shared: &Shared) -> Snapshot {
     s.by(
         "pyrycode_relay_push_wakes",
         "Push wakes by outcome (protocol.md section 4.4).",
-        |o: PushOutcome| m.push_wakes.get(o),
+        |o: PushOutcome| shared.push.counters().get(push_outcome(o)),
     );
     let (reloaded, reload_failed) = m.certificate_reloads();
     s.push(
@@ -358,4 +371,17 @@ pub fn series_names(shared: &Shared) -> Vec<String> {
             _ => f.name.to_owned(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod push_tests {
+    use super::*;
+
+    #[test]
+    fn every_push_wakes_label_reads_the_push_outcome_of_the_same_name() {
+        assert_eq!(PushOutcome::ALL.len(), Outcome::ALL.len());
+        for o in PushOutcome::ALL {
+            assert_eq!(o.as_str(), push_outcome(*o).as_str());
+        }
+    }
 }

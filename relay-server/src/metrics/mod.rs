@@ -129,7 +129,6 @@ pub struct Metrics {
     pub takeovers: AtomicU64,
     pub grace_expiries: AtomicU64,
     pub admission_refusals: ByLabel<AdmissionLimit>,
-    pub push_wakes: ByLabel<PushOutcome>,
     /// ACME mode's own counters (orders, the served certificate's expiry), once attached.
     acme: OnceLock<Arc<AcmeStats>>,
     /// Manual and development TLS: the resolver whose certificate (expiry, reloads) is served.
@@ -139,16 +138,9 @@ pub struct Metrics {
     pub panics: ByLabel<PanicPoint>,
 }
 
-/// Every [`EnvelopeError`], in a fixed order, for iteration and indexing.
-pub const MALFORMED_KINDS: [EnvelopeError; 7] = [
-    EnvelopeError::NotJson,
-    EnvelopeError::NotObject,
-    EnvelopeError::ConnIdMissing,
-    EnvelopeError::ConnIdNotString,
-    EnvelopeError::ConnIdEmpty,
-    EnvelopeError::Empty,
-    EnvelopeError::InvalidCloseCode,
-];
+/// Every [`EnvelopeError`] (malformed routing envelopes §4.2 and malformed push wakes §4.4),
+/// in a fixed order, for iteration and indexing.
+pub const MALFORMED_KINDS: [EnvelopeError; 13] = EnvelopeError::ALL;
 
 impl Metrics {
     /// ACME mode: export its orders and its certificate's expiry (§9, §10).
@@ -202,7 +194,8 @@ impl Metrics {
         self.bytes[direction.index()].get()
     }
 
-    /// A binary's envelope dropped as malformed (§4.2), by kind.
+    /// A binary's envelope dropped as malformed (§4.2), or a malformed push wake (§4.4), by
+    /// kind.
     pub fn malformed_envelope(&self, kind: EnvelopeError) {
         self.drops.inc(DropReason::MalformedEnvelope);
         if let Some(i) = MALFORMED_KINDS.iter().position(|k| *k == kind) {

@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use relay_core::envelope::{self, close_notice};
+use relay_core::envelope::{self, close_notice, FromBinary};
 use relay_core::{
     Backlog, BinaryLease, Claim, Close, Conn, Expiry, GraceTicket, Held, Installed, ServerId,
 };
@@ -39,7 +39,7 @@ pub struct Claiming {
 
 /// Claims `hello.server_id` for a new binary connection. Call right before answering 101.
 pub fn claim_before_upgrade(shared: &Shared, hello: BinaryHello) -> Claiming {
-    let peer = shared.new_peer(Role::Binary, None);
+    let peer = shared.new_peer(Role::Binary);
     let outcome = shared.registry.claim(&hello.server_id, peer.clone());
     Claiming {
         hello,
@@ -164,7 +164,8 @@ fn release(shared: &Arc<Shared>, server_id: &ServerId, peer: &Peer, lease: &Bina
     }
 }
 
-/// §4.2: one envelope from the binary, zero-copy to the phone.
+/// §4.2: one envelope from the binary, zero-copy to the phone; §4.4: a push wake, handed to
+/// the push service with one call that never waits.
 fn route(
     shared: &Shared,
     lease: &BinaryLease<Peer>,
@@ -173,13 +174,21 @@ fn route(
     warnings: &mut Throttle,
 ) {
     crate::faults::hit(&shared.opts.faults, PanicPoint::Routing);
-    let env = match envelope::parse_to_phone(msg) {
-        Ok(env) => env,
+    let env = match envelope::parse_from_binary(msg) {
+        Ok(FromBinary::ToPhone(env)) => env,
+        Ok(FromBinary::Wake(wake)) => {
+            shared.push.wake(lease.server_id(), &wake);
+            return;
+        }
         Err(e) => {
             shared.metrics.malformed_envelope(e);
             // §4.2: at most a few per connection per second, with a count of the rest.
             if let Some(suppressed) = warnings.allow() {
-                warn!(server_id = %lease.server_id(), reason = e.as_str(), suppressed, "malformed envelope dropped");
+                if e.is_wake() {
+                    warn!(server_id = %lease.server_id(), reason = e.as_str(), suppressed, "malformed push wake dropped");
+                } else {
+                    warn!(server_id = %lease.server_id(), reason = e.as_str(), suppressed, "malformed envelope dropped");
+                }
             }
             return;
         }
@@ -327,9 +336,7 @@ async fn deliver_backlog(shared: &Shared, lease: &BinaryLease<Peer>, binary: &Pe
             Backlog::Items(items) => {
                 for item in items {
                     let msg = match item.kind {
-                        Held::Frame { frame, with_token } => item
-                            .phone
-                            .envelope(frame, with_token && item.phone.token().is_some()),
+                        Held::Frame(frame) => item.phone.envelope(frame),
                         Held::Notice(code) => close_notice(item.phone.id(), code).into(),
                     };
                     if binary.send_backpressured(msg).await.is_err() {

@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use relay_core::envelope::{self, close_notice};
-use relay_core::{
-    Close, CloseCode, Conn, Departure, PhoneLease, Registration, ServerId, ToBinary, Token,
-};
+use relay_core::{Close, CloseCode, Conn, Departure, PhoneLease, Registration, ServerId, ToBinary};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
@@ -22,7 +20,6 @@ use crate::ws::session::{self, Ended};
 
 pub struct PhoneHello {
     pub server_id: ServerId,
-    pub token: Option<Token>,
     pub device_name: Option<String>,
     pub remote: std::net::SocketAddr,
 }
@@ -32,7 +29,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = shared.new_peer(Role::Phone, hello.token);
+    let peer = shared.new_peer(Role::Phone);
     let _outbox = shared.outboxes.register(&peer);
     let lease = match shared
         .registry
@@ -149,14 +146,10 @@ async fn forward(
         return Ok(());
     };
     match lease.route(msg) {
-        ToBinary::Forward {
-            binary,
-            frame,
-            with_token,
-        } => {
+        ToBinary::Forward { binary, frame } => {
             // Spliced around the phone's own bytes by the binary's writer: no copy (§4.1).
             let len = frame.len();
-            let env = peer.envelope(frame, with_token && peer.token().is_some());
+            let env = peer.envelope(frame);
             if binary.send_backpressured(env).await.is_err() {
                 shared.metrics.drops.inc(DropReason::BinaryGone);
                 debug!(server_id = %lease.server_id(), "binary gone, phone message dropped");

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use relay_core::{envelope, Close, Conn, ConnId, SendError, Token};
+use relay_core::{envelope, Close, Conn, ConnId, SendError};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
@@ -112,10 +112,8 @@ pub(super) struct Inner {
     /// Which shard of the per-message counters this connection's reader counts on.
     pub(super) shard: usize,
     pub(super) role: Role,
-    pub(super) token: Option<Token>,
-    /// Phones: the constant parts of their envelopes (§4.1), made once.
+    /// Phones: the constant part of their envelopes (§4.1), made once.
     pub(super) envelope_prefix: Bytes,
-    pub(super) envelope_token_suffix: Bytes,
     pub(super) limits: PeerLimits,
     pub(super) outbox: Mutex<Outbox>,
     pub(super) wake_writer: Notify,
@@ -154,15 +152,12 @@ pub struct CloseRequest {
 }
 
 impl Peer {
-    pub fn new(role: Role, token: Option<Token>, limits: PeerLimits) -> Self {
+    pub fn new(role: Role, limits: PeerLimits) -> Self {
         let inbox = (role == Role::Binary).then(|| Semaphore::new(limits.queue_bytes));
         let id = ConnId::random();
-        let (envelope_prefix, envelope_token_suffix) = match role {
-            Role::Phone => (
-                envelope::to_binary_prefix(&id),
-                envelope::to_binary_suffix(token.as_ref()),
-            ),
-            Role::Binary => (Bytes::new(), Bytes::new()),
+        let envelope_prefix = match role {
+            Role::Phone => envelope::to_binary_prefix(&id),
+            Role::Binary => Bytes::new(),
         };
         static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
         Peer {
@@ -170,9 +165,7 @@ impl Peer {
                 id,
                 shard: NEXT_SHARD.fetch_add(1, Ordering::Relaxed),
                 role,
-                token,
                 envelope_prefix,
-                envelope_token_suffix,
                 limits,
                 outbox: Mutex::new(Outbox::default()),
                 wake_writer: Notify::new(),
@@ -203,22 +196,13 @@ impl Peer {
         self.inner.shard
     }
 
-    /// The phone's `X-Pyrycode-Token`, already JSON-escaped.
-    pub fn token(&self) -> Option<&Token> {
-        self.inner.token.as_ref()
-    }
-
     /// This phone's message `frame` as the envelope its binary gets (§4.1): the phone's bytes
-    /// between the prefix and suffix made once per phone, carrying the token if `with_token`.
-    pub fn envelope(&self, frame: Bytes, with_token: bool) -> OutMsg {
+    /// between the prefix made once per phone and the constant suffix. Never a token.
+    pub fn envelope(&self, frame: Bytes) -> OutMsg {
         OutMsg::Spliced {
             prefix: self.inner.envelope_prefix.clone(),
             body: frame,
-            suffix: if with_token {
-                self.inner.envelope_token_suffix.clone()
-            } else {
-                Bytes::from_static(b"}")
-            },
+            suffix: Bytes::from_static(envelope::TO_BINARY_SUFFIX),
         }
     }
 

@@ -287,3 +287,5 @@ async fn relays_of_this_binary_serve_the_chosen_transport() {
     stream.read_to_end(&mut response).await.unwrap();
     assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
 }
+
+pub mod process;

@@ -20,7 +20,6 @@ fn frame(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
 fn peer() -> Peer {
     Peer::new(
         Role::Phone,
-        None,
         PeerLimits {
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(30),
