@@ -22,6 +22,8 @@ usage: benches/compare.sh [options]
   --tls               both servers speak TLS (relay --dev-tls, echo-server --tls-cert-out);
                       RELAY_BENCH_TLS_SPLIT=tokio in the environment makes the relay split
                       TLS connections with tokio::io::split instead of its own split
+  --metrics           the relay serves /metrics (--metrics-listen 127.0.0.1:0) and it is
+                      scraped once a second while the load runs, as Prometheus would
   --no-build          use the binaries already in target/release
   -h, --help          this text
 Extra relay flags can be given in RELAY_ARGS (word-split), e.g. RELAY_ARGS="--write-timeout 20s".
@@ -36,6 +38,7 @@ scenarios="closed-64,closed-16k,open-2000,idle"
 smoke=0
 build=1
 tls=0
+metrics=0
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -46,6 +49,7 @@ while [ $# -gt 0 ]; do
     --scenarios) scenarios=${2:?--scenarios needs a value}; shift 2 ;;
     --smoke) smoke=1; shift ;;
     --tls) tls=1; shift ;;
+    --metrics) metrics=1; shift ;;
     --no-build) build=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "compare.sh: unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -110,7 +114,6 @@ done
 # Relay flags that lift the admission limits (§8) out of the load's way. A flag this build refuses
 # ("not implemented yet", or an invalid value) is dropped with a note, and the start retried.
 relay_opt=(
-  --metrics-listen ""
   --shutdown-timeout 2s
   --max-connections 1000000
   --phones-per-server 100000
@@ -118,6 +121,11 @@ relay_opt=(
   --rate-limit-per-minute 1000000
   --rate-limit-burst 1000000
 )
+if [ "$metrics" = 1 ]; then
+  relay_opt+=(--metrics-listen 127.0.0.1:0)
+else
+  relay_opt+=(--metrics-listen "")
+fi
 # shellcheck disable=SC2206 # word splitting is the point
 relay_extra=(${RELAY_ARGS:-})
 
@@ -258,8 +266,21 @@ measure() {
   [ "$target" = direct ] && direct=(--direct)
   [ "$tls" = 1 ] && direct+=(--tls-ca "$server_ca")
   [ "$s" = idle ] && args+=(--relay-pid "$server_pid")
+  local scraper=
+  if [ "$target" = relay ] && [ "$metrics" = 1 ]; then
+    local maddr
+    maddr=$(sed -n 's/.*metrics_addr=\([^ ]*:[0-9][0-9]*\).*/\1/p' "$server_log" | head -n 1)
+    [ -n "$maddr" ] || die "--metrics: the relay logged no metrics_addr= (is --metrics-listen built?)"
+    # A Prometheus-like scraper: one GET /metrics a second, body discarded.
+    (while curl -fsS -o /dev/null "http://$maddr/metrics" 2>/dev/null; do sleep 1; done) &
+    scraper=$!
+  fi
   rc=0
   "$bin/relay-load" --addr "$server_addr" "${direct[@]}" --quiet --json "${args[@]}" >"$out" 2>"$err" || rc=$?
+  if [ -n "$scraper" ]; then
+    kill "$scraper" 2>/dev/null || true
+    wait "$scraper" 2>/dev/null || true
+  fi
   stop_server
   local m line="run $run/$runs  $s  $target:"
   for m in $(scenario_metrics "$s"); do
