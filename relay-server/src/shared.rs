@@ -1,6 +1,6 @@
 //! State shared by every connection of one running relay.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use relay_core::{Registry, RegistryConfig, SystemClock};
@@ -9,13 +9,14 @@ use tokio::sync::{watch, Semaphore};
 use crate::admission::budget::Budget;
 use crate::admission::ip::{IpLimits, PerIp};
 use crate::admission::shed::Outboxes;
+use crate::cluster::runtime::Cluster;
 use crate::listen::stats::ListenStats;
 use crate::metrics::Metrics;
 use crate::options::RelayOptions;
 use crate::ws::peer::{Peer, PeerLimits, Role};
 
 pub struct Shared {
-    pub registry: Registry<Peer, SystemClock>,
+    pub registry: Arc<Registry<Peer, SystemClock>>,
     pub opts: RelayOptions,
     /// Flips to true once at shutdown.
     pub shutdown: watch::Receiver<bool>,
@@ -33,11 +34,13 @@ pub struct Shared {
     pub refusal_log: crate::logging::throttle::SharedThrottle,
     /// Refusals before the upgrade: handshakes, PROXY headers, the deadline, 421 (§8, §9).
     pub listen_stats: ListenStats,
+    /// Cluster mode (§11), set once before serving; `None` on a single node.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl Shared {
     pub fn new(opts: RelayOptions, shutdown: watch::Receiver<bool>) -> Self {
-        let registry = Registry::new(
+        let registry = Arc::new(Registry::new(
             RegistryConfig {
                 grace_period: opts.grace_period,
                 phones_per_server: opts.phones_per_server,
@@ -46,7 +49,7 @@ impl Shared {
                 shards: 64,
             },
             SystemClock,
-        );
+        ));
         Shared {
             registry,
             conn_slots: Arc::new(Semaphore::new(opts.max_connections)),
@@ -64,7 +67,18 @@ impl Shared {
             started: Instant::now(),
             metrics: Metrics::default(),
             listen_stats: ListenStats::default(),
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Cluster mode's state, if this relay is a node of a cluster (§11).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Turns cluster mode on; only before serving (a second call changes nothing).
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
     }
 
     pub fn is_shutting_down(&self) -> bool {

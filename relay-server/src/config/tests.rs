@@ -484,19 +484,6 @@ fn push_and_cluster_are_refused_until_built() {
         "--fcm-credentials",
         Feature::Push,
     );
-    refused_until_built(
-        &[
-            "--cluster-redis",
-            "redis://127.0.0.1:6379",
-            "--cluster-listen",
-            "127.0.0.1:7000",
-            "--cluster-secret-file",
-            "s",
-        ],
-        &[],
-        "--cluster-redis",
-        Feature::Cluster,
-    );
 }
 
 #[test]
@@ -515,4 +502,26 @@ fn implemented_admission_flags_are_accepted() {
         Duration::from_millis(250)
     );
     assert_eq!(config.admission.phones_per_server, 1);
+}
+
+#[test]
+fn cluster_flags_are_accepted_and_reach_the_config() {
+    let config = ok(&[
+        "--cluster-redis",
+        "redis://127.0.0.1:6379",
+        "--cluster-listen",
+        "127.0.0.1:7000",
+        "--cluster-secret-file",
+        "/run/secret",
+        "--node-id",
+        "relay-a",
+        "--cluster-lease",
+        "3s",
+    ]);
+    let cluster = config.cluster.expect("cluster mode on");
+    assert_eq!(cluster.node_id, "relay-a");
+    assert_eq!(cluster.listen, v4([127, 0, 0, 1], 7000));
+    assert_eq!(cluster.advertise, "127.0.0.1:7000");
+    assert_eq!(cluster.lease, Duration::from_secs(3));
+    assert!(Feature::Cluster.built());
 }

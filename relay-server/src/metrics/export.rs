@@ -12,7 +12,38 @@ use prometheus_client::registry::Registry;
 use super::labels::*;
 use super::process::Process;
 use super::{Metrics, MALFORMED_KINDS};
+use crate::cluster::stats::{Event, Op, Outcome};
 use crate::shared::Shared;
+
+/// The node's counter behind each `cluster_directory_operations_total` label pair.
+fn cluster_op(op: ClusterOp, outcome: ClusterOutcome) -> (Op, Outcome) {
+    let op = match op {
+        ClusterOp::Claim => Op::Claim,
+        ClusterOp::Locate => Op::Locate,
+        ClusterOp::Release => Op::Release,
+        ClusterOp::Lease => Op::Refresh,
+        ClusterOp::Leave => Op::Leave,
+        ClusterOp::Join => Op::Join,
+        ClusterOp::Reassert => Op::Reassert,
+        ClusterOp::Purge => Op::Purge,
+    };
+    let outcome = match outcome {
+        ClusterOutcome::Ok => Outcome::Ok,
+        ClusterOutcome::Conflict => Outcome::Conflict,
+        ClusterOutcome::Error => Outcome::Error,
+        ClusterOutcome::Timeout => Outcome::Timeout,
+    };
+    (op, outcome)
+}
+
+fn cluster_event(e: ClusterEvent) -> Event {
+    match e {
+        ClusterEvent::Fenced => Event::Fenced,
+        ClusterEvent::SlotLost => Event::SlotLost,
+        ClusterEvent::Takeover => Event::Takeover,
+        ClusterEvent::Usurped => Event::Usurped,
+    }
+}
 
 /// The content type of a scrape.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -249,10 +280,27 @@ fn snapshot(shared: &Shared) -> Snapshot {
         "Unix time the served certificate expires (0: none).",
         Value::U(m.certificate_expiry()),
     );
+    // A single node serves these at zero, like every other series (§10).
+    let node = shared.cluster().map(|c| &c.node);
     s.by_two(
         "pyrycode_relay_cluster_directory_operations",
         "Cluster directory operations by kind and outcome (protocol.md section 11).",
-        |o: ClusterOp, r: ClusterOutcome| m.cluster_ops.get(o, r),
+        |o: ClusterOp, r: ClusterOutcome| {
+            let (op, outcome) = cluster_op(o, r);
+            node.map_or(0, |n| n.stats().ops(op, outcome))
+        },
+    );
+    s.by(
+        "pyrycode_relay_cluster_events",
+        "Rare cluster events: lease found gone, slots lost to another node, takeovers, usurped.",
+        |e: ClusterEvent| node.map_or(0, |n| n.stats().events(cluster_event(e))),
+    );
+    s.gauge(
+        "pyrycode_relay_cluster_degraded",
+        "1 while this node cannot use the cluster directory (/healthz says degraded).",
+        Value::U(u64::from(
+            node.is_some_and(|n| n.health() == crate::cluster::Health::Degraded),
+        )),
     );
     s.by(
         "pyrycode_relay_cluster_forwarded_connections",

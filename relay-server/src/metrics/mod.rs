@@ -25,9 +25,9 @@ use crate::listen::acme::{AcmeStats, OrderOutcome};
 pub type ExpirySource = Box<dyn Fn() -> u64 + Send + Sync>;
 
 pub use labels::{
-    AcmeOutcome, AdmissionLimit, CloseReason, ClusterOp, ClusterOutcome, Direction, DropReason,
-    Endpoint, ForwardOutcome, Label, PanicPoint, PushOutcome, ReclaimPolicyLabel, RegisterFailure,
-    Role, UpgradeOutcome,
+    AcmeOutcome, AdmissionLimit, CloseReason, ClusterEvent, ClusterOp, ClusterOutcome, Direction,
+    DropReason, Endpoint, ForwardOutcome, Label, PanicPoint, PushOutcome, ReclaimPolicyLabel,
+    RegisterFailure, Role, UpgradeOutcome,
 };
 
 /// Shards of the per-message counters.
@@ -136,7 +136,8 @@ pub struct Metrics {
     acme: OnceLock<Arc<AcmeStats>>,
     /// Where the served certificate's expiry (Unix seconds) is read in the other TLS modes.
     certificate_expiry: OnceLock<ExpirySource>,
-    pub cluster_ops: ByTwo<ClusterOp, ClusterOutcome>,
+    /// Forwarded connections (§11); the directory's own counters are the node's
+    /// (`cluster::stats`), read by the exporter.
     pub cluster_forwarded: ByLabel<ForwardOutcome>,
     pub panics: ByLabel<PanicPoint>,
 }

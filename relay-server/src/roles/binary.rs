@@ -302,6 +302,10 @@ async fn grace_timer(shared: Arc<Shared>, ticket: GraceTicket) {
                     info!(server_id = %ticket.server_id, phones = phones.len(), "grace period expired");
                 }
                 expired.apply();
+                // §11 "Release": the slot is free here; the directory entry goes too.
+                if let Some(cluster) = shared.cluster() {
+                    cluster.node.slot_freed(&ticket.server_id).await;
+                }
                 return;
             }
         }
