@@ -486,6 +486,14 @@ impl<D: Directory> ClusterNode<D> {
                         if let Reasserted::Lost { .. } = r {
                             self.stats.event(Event::SlotLost);
                             warn!(node_id = %self.cfg.node, server_id = %sid.as_str(), "another node took this server-id while our lease was gone: closing with 1012");
+                            // Under the server-id's lock, so a local claim or a takeover
+                            // after a probe is wholly before the fence (and closed by it) or
+                            // wholly after (and routed by the directory).
+                            let _guard = tokio::time::timeout(
+                                self.cfg.op_timeout,
+                                self.sid_lock(sid).lock_owned(),
+                            )
+                            .await;
                             lock(&self.owned).remove(sid);
                             self.slots.fence(sid);
                         }

@@ -11,10 +11,12 @@ use std::sync::Arc;
 
 use relay_core::{Registry, ServerId, SystemClock};
 
-use super::node::{ClusterNode, SidGuard, Slots};
+use super::node::{BinaryRoute, ClusterNode, SidGuard, Slots};
 use super::redis::RedisDirectory;
 use super::secret::ClusterSecret;
 use crate::admission::ip::{IpSlot, Refusal};
+use crate::metrics::{Endpoint, UpgradeOutcome};
+use crate::shared::Shared;
 use crate::ws::peer::Peer;
 
 /// The node as the relay runs it: the Redis directory.
@@ -78,6 +80,28 @@ impl Drop for LocalClaim {
         if !self.claimed {
             let (node, sid) = (self.node.clone(), self.sid.clone());
             tokio::spawn(async move { node.slot_freed(&sid).await });
+        }
+    }
+}
+
+/// Before a takeover (§6.2: the incumbent failed the probe), in cluster mode: the probe took
+/// a while, and meanwhile this node may have been fenced for the server-id (another node took
+/// it, §11). `Ok` with the node's lock (held through the takeover, so a fence cannot slip in
+/// between) if the slot is still this node's to give; `Err` if the directory now routes the
+/// server-id elsewhere or cannot say: the newcomer is closed 1012 and reconnects to be routed
+/// afresh. A single node gets `Ok(None)` at once.
+pub async fn before_takeover(shared: &Shared, sid: &ServerId) -> Result<Option<SidGuard>, ()> {
+    let Some(cluster) = shared.cluster() else {
+        return Ok(None);
+    };
+    match cluster.node.route_binary(sid).await {
+        Ok(BinaryRoute::Local(guard)) => Ok(Some(guard)),
+        Ok(BinaryRoute::Forward(_)) | Err(_) => {
+            shared
+                .metrics
+                .upgrades
+                .inc(Endpoint::Server, UpgradeOutcome::RejectUnavailable);
+            Err(())
         }
     }
 }

@@ -254,6 +254,13 @@ async fn claim(
                 if peer.is_done() {
                     return;
                 }
+                // §11: the directory may have moved the server-id while the probe ran.
+                let Ok(_still_ours) =
+                    crate::cluster::runtime::before_takeover(&shared, &server_id).await
+                else {
+                    peer.close(Close::SERVICE_RESTART);
+                    return;
+                };
                 outcome = shared
                     .registry
                     .takeover(&server_id, &incumbent, peer.clone());
