@@ -128,13 +128,14 @@ async fn a_server_id_held_on_node_1_is_served_from_every_node_and_through_haprox
     assert!(metric(c.nodes[1].metrics_addr, FORWARDED_OUT).await >= 1.0);
     assert!(metric(c.nodes[2].metrics_addr, FORWARDED_OUT).await >= 1.0);
     assert!(metric(c.nodes[0].metrics_addr, FORWARDED_IN).await >= 2.0);
-    assert_eq!(
+    // Node 2 forwarded its direct phone, and any of HAProxy's the hash sent there.
+    assert!(
         metric(
             c.nodes[1].metrics_addr,
             r#"pyrycode_relay_ws_upgrade_attempts_total{endpoint="client",outcome="forwarded"}"#
         )
-        .await,
-        1.0
+        .await
+            >= 1.0
     );
 
     // §6.2 through the directory: a second binary on node 2 is spliced to node 1, whose probe
