@@ -1,6 +1,6 @@
-//! A real HAProxy in front of the nodes, configured like `deploy/haproxy.cfg` (key affinity
-//! on `X-Pyrycode-Server`, `/healthz` checks, WebSocket timeouts), with tighter check timings
-//! so a dead node is marked down within a second. Killed on drop.
+//! A real HAProxy in front of the nodes, running `deploy/haproxy.cfg` (key affinity on
+//! `X-Pyrycode-Server`, `/healthz` checks, WebSocket timeouts) adapted to loopback, with
+//! tighter check timings so a dead node is marked down within a second. Killed on drop.
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
@@ -48,41 +48,51 @@ impl HaProxy {
     }
 }
 
-/// `deploy/haproxy.cfg`'s shape; check timings tightened for tests.
+/// `deploy/haproxy.cfg` itself, for loopback: the frontend binds `listen` without TLS, the
+/// backend's servers are `backends`, health checks run every 300 ms (a dead node is down in
+/// under a second), no DNS resolvers (addresses are IPs), and `maxconn` fits a test box.
+/// Everything else (balance, hashing, checks, timeouts, retries, the X-Forwarded-For rule)
+/// is the deployed configuration.
 pub fn config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
-    let mut c = format!(
-        "global
-    maxconn 4096
-
-defaults
-    mode http
-    option http-server-close
-    timeout connect 1s
-    timeout client 30s
-    timeout server 30s
-    timeout tunnel 1h
-    timeout client-fin 5s
-    timeout http-request 5s
-    retries 2
-    option redispatch 1
-    retry-on conn-failure empty-response
-
-frontend relay
-    bind {listen}
-    default_backend relays
-
-backend relays
-    balance hdr(X-Pyrycode-Server)
-    hash-type consistent
-    option httpchk GET /healthz
-    http-check expect status 200
-    default-server inter 300ms fall 2 rise 1
-"
-    );
-    for (i, b) in backends.iter().enumerate() {
-        c.push_str(&format!("    server node-{} {b} check\n", i + 1));
+    let deployed = include_str!("../../../deploy/haproxy.cfg");
+    let mut out = String::new();
+    let mut section = "";
+    let (mut bound, mut servers) = (false, false);
+    for line in deployed.lines() {
+        let t = line.trim_start();
+        if !line.starts_with(' ') && !t.is_empty() && !t.starts_with('#') {
+            section = t.split_whitespace().next().unwrap_or("");
+        }
+        match section {
+            "resolvers" => continue,
+            "global" if t.starts_with("maxconn ") => {
+                out.push_str("    maxconn 4096\n");
+                continue;
+            }
+            "frontend" if t.starts_with("bind ") => {
+                out.push_str(&format!("    bind {listen}\n"));
+                bound = true;
+                continue;
+            }
+            "backend" if t.starts_with("server ") => continue,
+            "backend" if t.starts_with("default-server ") => {
+                out.push_str("    default-server inter 300ms fall 2 rise 1\n");
+                for (i, b) in backends.iter().enumerate() {
+                    out.push_str(&format!("    server node-{} {b} check\n", i + 1));
+                }
+                servers = true;
+                continue;
+            }
+            _ => {}
+        }
+        out.push_str(line);
+        out.push('\n');
     }
-    c
+    assert!(
+        bound && servers,
+        "deploy/haproxy.cfg lost its frontend bind or backend default-server line"
+    );
+    out
 }
 
 impl Drop for HaProxy {

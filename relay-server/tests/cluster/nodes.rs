@@ -84,6 +84,8 @@ pub const FAST: &[&str] = &[
     "1000000",
     "--max-connections-per-ip",
     "1000000",
+    // As deployed behind deploy/haproxy.cfg, which sets X-Forwarded-For.
+    "--trust-x-forwarded-for",
 ];
 
 impl Cluster {
