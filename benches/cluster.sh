@@ -102,16 +102,22 @@ healthz() {
 redis_pid=
 redis_port=
 start_redis() {
-  redis_port=$(free_port)
-  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$tmp" --maxmemory-policy noeviction >"$tmp/redis.log" 2>&1 &
-  redis_pid=$!
-  children+=("$redis_pid")
-  local i
-  for i in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && return 0
-    sleep 0.05
+  local attempt i
+  for attempt in 1 2 3 4 5; do
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+      --dir "$tmp" --maxmemory-policy noeviction >"$tmp/redis.log" 2>&1 &
+    redis_pid=$!
+    children+=("$redis_pid")
+    for i in $(seq 200); do
+      kill -0 "$redis_pid" 2>/dev/null || break # lost the port to someone else: retry
+      (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && return 0
+      sleep 0.05
+    done
+    kill -TERM "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
   done
+  tail -n 5 "$tmp/redis.log" >&2
   die "redis-server did not start"
 }
 

@@ -193,6 +193,9 @@ fn main() -> ExitCode {
         }
         Config::Idle(_) => {}
     }
+    if cli.direct && matches!(config, Config::Reconnect(..)) {
+        return usage_error("--direct does not apply to reconnect (it needs a relay)");
+    }
     let checked = match &config {
         Config::Echo(c) => c.validate(),
         Config::Idle(c) => c.validate(),

@@ -391,6 +391,12 @@ impl ReconnectReport {
                 .map(|(k, v)| format!("{k}: {v}"))
                 .collect();
             out.push_str(&format!("refusals/ends   {}\n", r.join(", ")));
+            if self.refusals.contains_key("http 429") {
+                out.push_str(
+                    "hint: 429 is the relay's per-IP limit; raise --rate-limit-per-minute, \
+                     --rate-limit-burst and --max-connections-per-ip for load from one address\n",
+                );
+            }
         }
         for e in &self.errors {
             out.push_str(&format!("error: {e}\n"));
