@@ -722,3 +722,47 @@ async fn the_compose_example_environment_boots_a_cluster_node() {
     let mut phone = FakePhone::connect(c.nodes[0].addr, &sid).await.unwrap();
     round_trip(&mut binary, &mut phone).await;
 }
+
+/// §11 "Release": the directory entry goes when the slot is freed here: at grace expiry with
+/// no reclaim, and when a binary's upgrade is refused after its claim took the entry (a bad
+/// header, 400). A phone arriving elsewhere afterwards finds nobody (4404), not a forward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_are_released_at_grace_expiry_and_after_a_refused_claim() {
+    let Some(c) = Cluster::start(2, LEASE, &["--grace-period", "1s"]) else {
+        return;
+    };
+    c.wait_healthy().await;
+    let [n1, n2] = [c.nodes[0].addr, c.nodes[1].addr];
+    let entry = |sid: &str| format!("EXISTS pyrycode-relay:sid:{sid}");
+
+    let refused = fresh_server_id();
+    let r = FakeBinary::builder(n1, &refused)
+        .header("X-Pyrycode-Version", "bad version")
+        .refused()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    wait_until(
+        "the refused claim's entry released",
+        Duration::from_secs(5),
+        || async { c.redis.command(&entry(&refused)).as_deref() == Some(":0\r\n") },
+    )
+    .await;
+
+    let sid = fresh_server_id();
+    let mut binary = FakeBinary::connect(n1, &sid).await.unwrap();
+    let mut phone = FakePhone::connect(n2, &sid).await.unwrap();
+    round_trip(&mut binary, &mut phone).await;
+    assert_eq!(c.redis.command(&entry(&sid)).as_deref(), Some(":1\r\n"));
+    binary.close(1000).await.unwrap();
+    let (code, reason) = phone.expect_close().await.unwrap();
+    assert_eq!((code, reason.as_str()), (1011, "binary did not reconnect"));
+    wait_until(
+        "the expired slot's entry released",
+        Duration::from_secs(5),
+        || async { c.redis.command(&entry(&sid)).as_deref() == Some(":0\r\n") },
+    )
+    .await;
+    let mut late = FakePhone::connect(n2, &sid).await.unwrap();
+    assert_eq!(late.expect_close().await.unwrap().0, 4404);
+}

@@ -88,6 +88,18 @@ pub const FAST: &[&str] = &[
     "--trust-x-forwarded-for",
 ];
 
+/// `base` flag/value pairs, minus the flags `extra` gives again, then `extra`.
+fn with_overrides(base: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for pair in base.chunks(2) {
+        if !extra.contains(&pair[0]) {
+            out.extend(pair.iter().map(|s| s.to_string()));
+        }
+    }
+    out.extend(extra.iter().map(|s| s.to_string()));
+    out
+}
+
 impl Cluster {
     /// `n` nodes on one Redis with a `lease`; `None` (test skipped) without redis-server.
     pub fn start(n: usize, lease: Duration, extra: &[&str]) -> Option<Cluster> {
@@ -96,7 +108,7 @@ impl Cluster {
             redis,
             secret: Secret::new(),
             lease,
-            extra: FAST.iter().chain(extra).map(|s| s.to_string()).collect(),
+            extra: with_overrides(FAST, extra),
             nodes: Vec::new(),
         };
         for i in 0..n {
