@@ -34,8 +34,8 @@ use tokio::sync::Semaphore;
 pub use conn::{close_code_hint, ConnectError, CONNECT_TIMEOUT};
 pub use echo_mode::run_echo;
 pub use idle_mode::run_idle;
-pub use reconnect::{ReconnectConfig, ReconnectReport, Reconnecting};
-pub use report::{EchoReport, IdleReport, LatencySummary};
+pub use reconnect::{ReconnectConfig, Reconnecting};
+pub use report::{EchoReport, IdleReport, LatencySummary, ReconnectReport};
 
 /// `User-Agent` of every load connection.
 pub const USER_AGENT: &str = "relay-load/0.1";

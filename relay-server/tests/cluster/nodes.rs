@@ -1,5 +1,6 @@
 //! Real `relay-server` processes in cluster mode on loopback (§11), sharing one real
-//! `redis-server`, optionally behind a real HAProxy: the harness of `e2e_cluster.rs`.
+//! `redis-server`, optionally behind a real HAProxy: the harness of `e2e_cluster.rs`
+//! and `e2e_cluster_failover.rs`.
 //!
 //! Every node is the binary itself (`CARGO_BIN_EXE_relay-server`), started with
 //! `--insecure-listen` on an ephemeral port and the cluster flags; a node that is restarted

@@ -20,17 +20,18 @@
 //! Built on `crate::client` (tokio-tungstenite): this mode measures correctness under churn,
 //! not throughput, so it favours clients whose every wait has a timeout.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::message::{self, Stamp};
+use super::report::ReconnectReport;
+use super::seq::Ascending;
 use super::server_ids;
 use crate::client::{ClientError, FakeBinary, FakePhone};
 
@@ -143,35 +144,6 @@ struct PhoneTally {
     echo_timeouts: u64,
     out_of_order: u64,
     corrupt: u64,
-}
-
-/// The result of a `reconnect` run.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReconnectReport {
-    pub mode: &'static str,
-    pub binaries: usize,
-    pub phones: usize,
-    pub duration_secs: f64,
-    /// Successful upgrades, first ones included.
-    pub binary_connects: u64,
-    pub phone_connects: u64,
-    /// Why attempts failed or connections ended: `http 503`, `close 4404`, `connect`, ...
-    pub refusals: BTreeMap<String, u64>,
-    /// Binaries closed 4409: never acceptable for a binary's own id.
-    pub conflicts_4409: u64,
-    pub sent: u64,
-    pub received_by_binaries: u64,
-    pub echoed: u64,
-    /// Sends after which no echo came within `echo_wait` (in flight during a failover).
-    pub echo_timeouts: u64,
-    /// Delivered twice or after a later one, phone → binary and binary → phone.
-    pub out_of_order_to_binary: u64,
-    pub out_of_order_to_phone: u64,
-    pub corrupt: u64,
-    /// Phones that had an echo in the last moments of the run.
-    pub phones_routing_at_end: usize,
-    pub errors: Vec<String>,
-    pub ok: bool,
 }
 
 /// A running `reconnect` load: probe it while it runs, then [`finish`](Self::finish) it.
@@ -355,79 +327,6 @@ impl Reconnecting {
             phones_routing_at_end: routing,
             errors,
             ok,
-        }
-    }
-}
-
-impl ReconnectReport {
-    /// The summary a person reads.
-    pub fn table(&self) -> String {
-        let mut out = format!(
-            "reconnect: {} binaries, {} phones, {:.1} s\n\
-             connects       binaries {}  phones {}\n\
-             messages       sent {}  at binaries {}  echoed {}  echo timeouts {}\n\
-             violations     4409 {}  out of order to binary {}  to phone {}  corrupt {}\n\
-             routing at end {} of {} phones\n",
-            self.binaries,
-            self.phones,
-            self.duration_secs,
-            self.binary_connects,
-            self.phone_connects,
-            self.sent,
-            self.received_by_binaries,
-            self.echoed,
-            self.echo_timeouts,
-            self.conflicts_4409,
-            self.out_of_order_to_binary,
-            self.out_of_order_to_phone,
-            self.corrupt,
-            self.phones_routing_at_end,
-            self.phones,
-        );
-        if !self.refusals.is_empty() {
-            let r: Vec<String> = self
-                .refusals
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect();
-            out.push_str(&format!("refusals/ends   {}\n", r.join(", ")));
-            if self.refusals.contains_key("http 429") {
-                out.push_str(
-                    "hint: 429 is the relay's per-IP limit; raise --rate-limit-per-minute, \
-                     --rate-limit-burst and --max-connections-per-ip for load from one address\n",
-                );
-            }
-        }
-        for e in &self.errors {
-            out.push_str(&format!("error: {e}\n"));
-        }
-        out.push_str(if self.ok {
-            "result: ok\n"
-        } else {
-            "result: FAILED\n"
-        });
-        out
-    }
-}
-
-/// The order check of one direction: per key (a phone), each sequence number must be above
-/// the last one seen. Gaps are allowed (lost in flight); equal or lower is a duplicate or a
-/// reordering.
-#[derive(Debug, Default)]
-pub struct Ascending {
-    last: HashMap<u64, u64>,
-}
-
-impl Ascending {
-    /// Records `seq` for `key`; `Err(previous)` if it does not come after the last one.
-    pub fn see(&mut self, key: u64, seq: u64) -> Result<(), u64> {
-        match self.last.insert(key, seq) {
-            Some(prev) if prev >= seq => {
-                // Keep the highest seen, so one late message counts once.
-                self.last.insert(key, prev);
-                Err(prev)
-            }
-            _ => Ok(()),
         }
     }
 }
@@ -667,17 +566,6 @@ async fn phone_task(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn order_check_allows_gaps_and_catches_duplicates_and_reordering() {
-        let mut a = Ascending::default();
-        assert_eq!(a.see(1, 0), Ok(()));
-        assert_eq!(a.see(1, 5), Ok(()), "a gap: lost in flight");
-        assert_eq!(a.see(2, 3), Ok(()), "keys are independent");
-        assert_eq!(a.see(1, 5), Err(5), "delivered twice");
-        assert_eq!(a.see(1, 4), Err(5), "after a later one");
-        assert_eq!(a.see(1, 6), Ok(()), "the late one did not lower the mark");
-    }
 
     #[test]
     fn backoff_grows_jittered_to_its_ceiling_and_resets() {
