@@ -10,7 +10,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 export RUSTC_BOOTSTRAP=1
-targets=(json_validate envelope_parse push_wake headers frame_reader conn_id_sniff cluster_link)
+targets=(json_validate envelope_parse push_wake headers frame_reader conn_id_sniff cluster_link cluster_head)
 cargo fuzz build -s none --release
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"

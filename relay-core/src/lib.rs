@@ -22,7 +22,7 @@ pub use close::{Close, CloseCode};
 pub use conn::{Conn, ConnId, SendError};
 pub use headers::{HeaderError, ServerId};
 pub use registry::{
-    Backlog, BinaryLease, Claim, Claimed, Counts, Departure, Expiry, GraceTicket, Held, HeldItem,
-    Incumbent, Installed, Notice, PhoneLease, ReclaimPolicy, Registration, Registry,
+    Backlog, BinaryLease, Claim, Claimed, Counts, Departure, Expiry, Fenced, GraceTicket, Held,
+    HeldItem, Incumbent, Installed, Notice, PhoneLease, ReclaimPolicy, Registration, Registry,
     RegistryConfig, ToBinary,
 };

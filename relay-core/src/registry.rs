@@ -337,6 +337,27 @@ impl<C: Conn> Expiry<C> {
     }
 }
 
+/// What [`Registry::fence`] took off this node: close them all with 1012 "service restart"
+/// ([`Fenced::apply`]).
+#[derive(Debug)]
+pub struct Fenced<C> {
+    /// The live binary, if the slot was not in grace.
+    pub binary: Option<C>,
+    pub phones: Vec<C>,
+}
+
+impl<C: Conn> Fenced<C> {
+    /// Closes the binary and the phones with 1012. Call with no lock held.
+    pub fn apply(&mut self) {
+        if let Some(binary) = self.binary.take() {
+            binary.close(Close::SERVICE_RESTART);
+        }
+        for phone in self.phones.drain(..) {
+            phone.close(Close::SERVICE_RESTART);
+        }
+    }
+}
+
 /// The outcome of [`Registry::take_backlog`].
 pub enum Backlog<C> {
     /// Deliver these to the binary, in order, then ask again.
@@ -712,6 +733,41 @@ impl<C: Conn, K: Clock> Registry<C, K> {
             }
             BinaryState::Freed => None,
         }
+    }
+
+    /// Another node of the cluster holds `server_id` now (§11 fencing): drop the slot here at
+    /// once, live or in grace, **without** a grace period (a slot in grace here would catch
+    /// phones that belong on the new holder). Returns the binary (if live) and every phone,
+    /// to close with 1012 "service restart" ([`Fenced::apply`]); `None` if nothing was held.
+    ///
+    /// Like an expiry it takes the slot out of the map under the shard lock, so it races
+    /// release, expiry, claims and registrations the same way: afterwards the old binary's
+    /// lease is stale (its release does nothing), every grace ticket is stale, a phone's
+    /// unregistration finds nothing, and the next claim or registration meets a free slot.
+    pub fn fence(&self, server_id: &ServerId) -> Option<Fenced<C>> {
+        let mut shard = lock(self.shard(server_id.as_str()));
+        let slot = shard.remove(server_id.as_str())?;
+        self.server_ids.fetch_sub(1, Ordering::Relaxed);
+        let mut st = lock(&slot.state);
+        drop(shard);
+        let binary = match mem::replace(&mut st.binary, BinaryState::Freed) {
+            BinaryState::Live { binary, .. } => {
+                self.binaries.fetch_sub(1, Ordering::Relaxed);
+                Some(binary)
+            }
+            BinaryState::Grace { .. } => None,
+            BinaryState::Freed => unreachable!("a slot in the map is never freed"),
+        };
+        let phones: Vec<C> = st.phones.drain().map(|(_, p)| p.conn).collect();
+        self.phones.fetch_sub(phones.len(), Ordering::Relaxed);
+        drop(st);
+        Some(Fenced { binary, phones })
+    }
+
+    /// Whether this registry holds `server_id`'s slot, live or in grace (§11: the cluster
+    /// node serves such a server-id here without asking the directory).
+    pub fn holds(&self, server_id: &str) -> bool {
+        lock(self.shard(server_id)).contains_key(server_id)
     }
 
     /// A snapshot of the phones registered for `server_id`.

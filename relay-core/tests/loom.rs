@@ -428,3 +428,128 @@ fn held_messages_reach_the_reclaiming_binary_before_later_ones() {
         assert_eq!(b.sent_text(), ["1", "2", "3"]);
     });
 }
+
+/// §11 fencing racing the binary's own teardown: whichever comes first, the slot ends gone
+/// (no grace survives the fence), the binary and its phone are closed 1012 exactly once, and
+/// a grace ticket from a release that came first is stale.
+#[test]
+fn fence_racing_the_binarys_release_frees_the_slot_without_grace() {
+    loom::model(|| {
+        let (reg, clock) = registry(ReclaimPolicy::Inherit);
+        let (b, lease) = live(&reg);
+        let (p, _) = attached(&reg);
+
+        let releaser = {
+            let reg = reg.clone();
+            thread::spawn(move || reg.release(&lease))
+        };
+        let fencer = {
+            let reg = reg.clone();
+            thread::spawn(move || {
+                let mut f = reg.fence(&sid()).expect("the slot is held until the fence");
+                let live = f.binary.is_some();
+                f.apply();
+                live
+            })
+        };
+        assert_plausible(reg.counts(), 1);
+        let ticket = releaser.join().unwrap();
+        let fenced_live = fencer.join().unwrap();
+
+        // The fence saw the binary live exactly when the release had not run yet.
+        assert_eq!(fenced_live, ticket.is_none());
+        assert_eq!(p.closed(), Some(Close::SERVICE_RESTART));
+        assert_eq!(p.close_calls(), 1);
+        match &ticket {
+            None => assert_eq!(b.closed(), Some(Close::SERVICE_RESTART)),
+            Some(_) => assert_eq!(b.closed(), None, "it had left already"),
+        }
+        assert!(!reg.holds("s1"));
+        assert!(!reg.in_grace("s1"));
+        assert_eq!(reg.counts(), Counts::default());
+        if let Some(ticket) = ticket {
+            clock.advance(GRACE);
+            assert!(matches!(reg.expire(&ticket), Expiry::Stale));
+        }
+    });
+}
+
+/// §11 fencing racing a grace expiry that is due: exactly one of them acts, so the phone is
+/// closed once, 1011 "binary did not reconnect" or 1012 "service restart", and the slot is gone.
+#[test]
+fn fence_racing_grace_expiry_closes_each_phone_exactly_once() {
+    loom::model(|| {
+        let (reg, ticket, phones) = expired_grace(ReclaimPolicy::Evict, 1);
+
+        let expirer = {
+            let reg = reg.clone();
+            thread::spawn(move || {
+                let mut e = reg.expire(&ticket);
+                let expired = matches!(e, Expiry::Expired(_));
+                e.apply();
+                expired
+            })
+        };
+        let fencer = {
+            let reg = reg.clone();
+            thread::spawn(move || match reg.fence(&sid()) {
+                Some(mut f) => {
+                    f.apply();
+                    true
+                }
+                None => false,
+            })
+        };
+        assert_plausible(reg.counts(), 1);
+        let expired = expirer.join().unwrap();
+        let fenced = fencer.join().unwrap();
+
+        assert!(expired != fenced, "exactly one acts");
+        let want = if expired {
+            Close::GRACE_EXPIRED
+        } else {
+            Close::SERVICE_RESTART
+        };
+        assert_eq!(phones[0].closed(), Some(want));
+        assert_eq!(phones[0].close_calls(), 1);
+        assert!(!reg.holds("s1"));
+        assert_eq!(reg.counts(), Counts::default());
+    });
+}
+
+/// A phone registering while its slot is fenced is either closed 1012 with the rest, or
+/// finds no server (4404): never left registered in a slot nobody holds.
+#[test]
+fn phone_registration_racing_a_fence_is_closed_or_refused() {
+    loom::model(|| {
+        let (reg, _clock) = registry(ReclaimPolicy::Evict);
+        let (_b, _lease) = live(&reg);
+        let phone = MockConn::new();
+
+        let registrar = {
+            let (reg, phone) = (reg.clone(), phone.clone());
+            thread::spawn(move || match reg.register_phone(&sid(), phone) {
+                Registration::Attached(l) => Some(l),
+                Registration::NoServer => None,
+                Registration::Pending(_) => panic!("the binary is live"),
+                Registration::TooManyPhones => panic!("the slot has room"),
+            })
+        };
+        let fencer = {
+            let reg = reg.clone();
+            thread::spawn(move || reg.fence(&sid()).expect("held").apply())
+        };
+        assert_plausible(reg.counts(), 1);
+        let lease = registrar.join().unwrap();
+        fencer.join().unwrap();
+
+        match lease {
+            Some(l) => {
+                assert_eq!(phone.closed(), Some(Close::SERVICE_RESTART));
+                assert!(matches!(l.route(Bytes::from_static(b"1")), ToBinary::Gone));
+            }
+            None => assert_eq!(phone.closed(), None),
+        }
+        assert_eq!(reg.counts(), Counts::default());
+    });
+}

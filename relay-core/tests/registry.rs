@@ -1175,3 +1175,103 @@ fn counts_follow_reclaim_and_takeover() {
     claimed(reg.takeover(&id, &inc, MockConn::new())).apply();
     assert_eq!(reg.counts(), counts(1, 0, 1));
 }
+
+// §11 fencing: another node holds the server-id now; the slot goes at once, without grace.
+
+fn fence(reg: &Reg, id: &ServerId) -> relay_core::Fenced<MockConn> {
+    let mut f = reg.fence(id).expect("a held slot is fenced");
+    let out = relay_core::Fenced {
+        binary: f.binary.clone(),
+        phones: f.phones.clone(),
+    };
+    f.apply();
+    out
+}
+
+#[test]
+fn fencing_a_live_slot_closes_its_binary_and_phones_with_1012_and_frees_it_without_grace() {
+    let (reg, _) = registry(ReclaimPolicy::Evict);
+    let id = sid("s1");
+    let (b, lease) = live(&reg, &id);
+    let (p1, l1) = attached(&reg, &id);
+    let (p2, _) = attached(&reg, &id);
+    let (_other, _) = live(&reg, &sid("s2"));
+    assert!(reg.holds("s1"));
+
+    let f = fence(&reg, &id);
+    assert_eq!(f.binary.as_ref().map(|b| *b.id()), Some(*b.id()));
+    assert_eq!(f.phones.len(), 2);
+    for c in [&b, &p1, &p2] {
+        assert_eq!(c.closed(), Some(Close::SERVICE_RESTART));
+    }
+    assert!(!reg.holds("s1"), "no grace: the slot is gone");
+    assert!(!reg.in_grace("s1"));
+    assert!(reg.holds("s2"), "other server-ids are untouched");
+    assert_eq!(reg.counts(), counts(1, 0, 1));
+
+    // Everything the old holder does afterwards is stale.
+    assert!(!lease.is_current());
+    assert!(
+        reg.release(&lease).is_none(),
+        "no grace starts later either"
+    );
+    assert!(matches!(reg.take_backlog(&lease), Backlog::Lost));
+    assert!(matches!(l1.route(msg("{}")), ToBinary::Gone));
+    assert!(reg
+        .unregister_phone(&l1, Departure::Closed(CloseCode::GOING_AWAY))
+        .is_none());
+    assert_eq!(reg.counts(), counts(1, 0, 1));
+    // A phone now finds nobody; a binary claims fresh.
+    let phone = MockConn::new();
+    assert!(matches!(
+        reg.register_phone(&id, phone),
+        Registration::NoServer
+    ));
+    let (_, c) = claim(&reg, &id);
+    assert_eq!(c.how, Installed::Fresh);
+}
+
+#[test]
+fn fencing_a_slot_in_grace_closes_its_phones_with_1012_and_makes_the_ticket_stale() {
+    let (reg, clock) = registry(ReclaimPolicy::Inherit);
+    let id = sid("s1");
+    let (b, lease) = live(&reg, &id);
+    let (p1, _) = attached(&reg, &id);
+    let ticket = release(&reg, &lease);
+    let (p2, _) = pending(&reg, &id);
+    assert_eq!(reg.counts(), counts(0, 2, 1));
+
+    let f = fence(&reg, &id);
+    assert!(f.binary.is_none(), "the binary had already left");
+    assert_eq!(p1.closed(), Some(Close::SERVICE_RESTART));
+    assert_eq!(p2.closed(), Some(Close::SERVICE_RESTART));
+    assert_eq!(b.closed(), None);
+    assert_eq!(reg.counts(), counts(0, 0, 0));
+
+    clock.advance(GRACE);
+    assert!(matches!(reg.expire(&ticket), Expiry::Stale));
+    assert_eq!(
+        p1.closed(),
+        Some(Close::SERVICE_RESTART),
+        "closed once, by the fence"
+    );
+}
+
+#[test]
+fn fencing_a_server_id_not_held_here_does_nothing() {
+    let (reg, clock) = registry(ReclaimPolicy::Evict);
+    assert!(reg.fence(&sid("s1")).is_none());
+    let id = sid("s1");
+    let (_b, lease) = live(&reg, &id);
+    let (p, _) = attached(&reg, &id);
+    let ticket = release(&reg, &lease);
+    clock.advance(GRACE);
+    reg.expire(&ticket).apply();
+    assert!(!reg.holds("s1"));
+    assert!(
+        reg.fence(&id).is_none(),
+        "an expired slot is not fenced again"
+    );
+    assert_eq!(p.closed(), Some(Close::GRACE_EXPIRED));
+    assert_eq!(reg.counts(), counts(0, 0, 0));
+}

@@ -10,7 +10,9 @@
 //! - every phone in at most one slot, the one the model says; counts equal the model's;
 //! - every phone and binary closed exactly as the model says (4404 at evict, 1011 at expiry
 //!   and takeover, nothing else), so no phone of a freed slot is left open;
-//! - a stale or early expiry changes nothing at all.
+//! - a stale or early expiry changes nothing at all;
+//! - a fence (§11) takes the slot whatever its state: its binary and phones closed 1012 once,
+//!   every later release, expiry, route and unregistration of the old holder stale.
 //!
 //! The model decides the held-byte budget from the frames actually still held rather than
 //! mirroring the registry's bookkeeping. (No token is modelled: it is never forwarded, §4.1,
@@ -60,6 +62,8 @@ enum Op {
     /// A binary routes to a phone of any server-id.
     Route(Pick, Pick),
     TakeBacklog(Pick),
+    /// §11: another node holds `server_ids[i]` now; the slot goes without grace.
+    Fence(usize),
 }
 
 fn pick() -> impl Strategy<Value = Pick> {
@@ -76,12 +80,13 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         3 => pick().prop_map(Op::Release),
         2 => prop_oneof![Just(1), Just(GRACE_MS - 1), Just(GRACE_MS)].prop_map(Op::Advance),
         3 => pick().prop_map(Op::Expire),
-        4 => sid.prop_map(Op::Register),
+        4 => sid.clone().prop_map(Op::Register),
         2 => (pick(), prop::option::of(prop_oneof![Just(1000u16), Just(1001), Just(1011)]))
             .prop_map(|(p, c)| Op::Unregister(p, c)),
         6 => (pick(), 1usize..=4).prop_map(|(p, n)| Op::PhoneSends(p, n)),
         2 => (pick(), pick()).prop_map(|(b, p)| Op::Route(b, p)),
         3 => pick().prop_map(Op::TakeBacklog),
+        1 => sid.prop_map(Op::Fence),
     ]
 }
 
@@ -380,6 +385,16 @@ impl Model {
         }
     }
 
+    /// The live binary (if any) and every phone of the slot, to close 1012; the slot is gone.
+    fn fence(&mut self, sid: usize) -> Option<(Option<usize>, BTreeSet<usize>)> {
+        let slot = self.slots[sid].take()?;
+        let binary = match slot.binary {
+            MBinary::Live { id, .. } => Some(id),
+            MBinary::Grace { .. } => None,
+        };
+        Some((binary, slot.phones.keys().copied().collect()))
+    }
+
     fn counts(&self) -> Counts {
         let slots = self.slots.iter().flatten();
         Counts {
@@ -625,6 +640,33 @@ impl Harness {
                     .route(self.binaries[b].sid, b, p)
                     .then(|| *self.phones[p].conn.id());
                 assert_eq!(got, want, "binary {b} routes to phone {p}");
+            }
+            Op::Fence(sid) => {
+                let got = self.reg.fence(&self.sids[*sid]);
+                let want = self.model.fence(*sid);
+                match (got, want) {
+                    (None, None) => {}
+                    (Some(mut f), Some((binary, phones))) => {
+                        assert_eq!(
+                            f.binary.as_ref().map(|b| *b.id()),
+                            binary.map(|b| *self.binaries[b].conn.id()),
+                            "the fenced binary"
+                        );
+                        let got: BTreeSet<ConnId> = f.phones.iter().map(|p| *p.id()).collect();
+                        assert_eq!(got, self.phone_ids(&phones), "phones fenced");
+                        if let Some(b) = binary {
+                            self.binaries[b].expect_close = Some(Close::SERVICE_RESTART);
+                        }
+                        for p in phones {
+                            self.phones[p].expect_close = Some(Close::SERVICE_RESTART);
+                        }
+                        f.apply();
+                    }
+                    (got, want) => panic!(
+                        "fence {sid}: registry {:?}, model {want:?}",
+                        got.map(|f| f.phones.len())
+                    ),
+                }
             }
             Op::TakeBacklog(pick) => {
                 let Some(b) = self.pick_binary_with_backlog(pick) else {

@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -19,6 +19,9 @@ use relay_core::headers::{self, HeaderError};
 use tracing::{debug, info, warn};
 
 use crate::admission::ip::Refusal;
+use crate::cluster::head::Rewind;
+use crate::cluster::runtime::{LocalClaim, Prerouted};
+use crate::cluster::{BinaryRoute, PhoneRoute};
 use crate::listen::host::{host_allowed, AllowedHosts};
 use crate::listen::stats::PreUpgrade;
 use crate::listen::stream::ServerStream;
@@ -44,6 +47,22 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The names a TLS listener serves (the Host check, §9); `None` on plain listeners.
     pub hosts: Option<Arc<dyn AllowedHosts>>,
+    /// Cluster mode (§11): how this connection was routed. [`ClusterConn::Off`] on a single
+    /// node.
+    pub cluster: ClusterConn,
+}
+
+/// What cluster mode decided about a connection before hyper read its request.
+#[derive(Clone, Default)]
+pub enum ClusterConn {
+    #[default]
+    Off,
+    /// A client connection whose first (and only: keep-alive is off in cluster mode)
+    /// request the edge routed; `None` inside if it was not a routable upgrade.
+    Edge(Arc<Mutex<Option<Prerouted>>>),
+    /// Forwarded by a peer to our cluster listener: route here or answer 503, never forward
+    /// again; per-IP limits were applied by the forwarding node.
+    Inbound,
 }
 
 #[derive(Clone, Copy)]
@@ -94,7 +113,60 @@ pub async fn handle(
     let Some(endpoint) = endpoint else {
         return Ok(empty(StatusCode::NOT_FOUND));
     };
-    Ok(upgrade(req, shared, remote, endpoint))
+    let (pre, inbound) = match &conn.cluster {
+        ClusterConn::Off => (None, false),
+        ClusterConn::Edge(pre) => (pre.lock().unwrap_or_else(|p| p.into_inner()).take(), false),
+        ClusterConn::Inbound => (inbound_route(&req, &shared, endpoint).await, true),
+    };
+    Ok(upgrade(req, shared, remote, endpoint, pre, inbound))
+}
+
+/// §11 on the holder: a request a peer forwarded is served here (the node's short cut for
+/// slots it holds, or the directory's word) or refused 503, never forwarded again. `None`
+/// when the request would be refused anyway (method, headers): the upgrade says why.
+async fn inbound_route(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    endpoint: Endpoint,
+) -> Option<Prerouted> {
+    if req.method() != Method::GET || shared.is_shutting_down() {
+        return None;
+    }
+    let cluster = shared.cluster()?;
+    let sid = headers::server_id(single(req, headers::SERVER_ID).ok()?).ok()?;
+    let node = &cluster.node;
+    let (forwarded_to, err) = match endpoint {
+        Endpoint::Server => match node.route_binary(&sid).await {
+            Ok(BinaryRoute::Local(guard)) => {
+                return Some(Prerouted::Local {
+                    ip_slot: None,
+                    claim: Some(LocalClaim::new(guard, sid, node.clone())),
+                })
+            }
+            Ok(BinaryRoute::Forward(peer)) => (Some(peer), None),
+            Err(e) => (None, Some(e)),
+        },
+        Endpoint::Client => match node.route_phone(&sid).await {
+            Ok(PhoneRoute::Local) => {
+                return Some(Prerouted::Local {
+                    ip_slot: None,
+                    claim: None,
+                })
+            }
+            Ok(PhoneRoute::Forward(peer)) => (Some(peer), None),
+            Err(e) => (None, Some(e)),
+        },
+    };
+    if let Some(suppressed) = shared.refusal_log.allow() {
+        match (forwarded_to, err) {
+            (Some(peer), _) => warn!(server_id = %sid, node_id = %peer.node, suppressed,
+                "forwarded upgrade names a server-id another node holds now: 503, not forwarded twice"),
+            (None, Some(e)) => warn!(server_id = %sid, err = %e, suppressed,
+                "cluster directory unavailable: forwarded upgrade refused with 503"),
+            (None, None) => {}
+        }
+    }
+    Some(Prerouted::Unavailable)
 }
 
 fn healthz(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
@@ -102,8 +174,13 @@ fn healthz(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
         return empty(StatusCode::METHOD_NOT_ALLOWED);
     }
     let counts = shared.registry.counts();
+    // §11: only in cluster mode, and 200 either way (load balancers must not drop a node
+    // that still serves every slot it holds because Redis is away).
+    let cluster = shared.cluster().map_or(String::new(), |c| {
+        format!(",\"cluster\":\"{}\"", c.node.health().as_str())
+    });
     let body = format!(
-        "{{\"status\":\"ok\",\"version\":\"{}\",\"connected_binaries\":{},\"connected_phones\":{},\"uptime_seconds\":{}}}",
+        "{{\"status\":\"ok\",\"version\":\"{}\",\"connected_binaries\":{},\"connected_phones\":{},\"uptime_seconds\":{}{cluster}}}",
         env!("CARGO_PKG_VERSION"),
         counts.binaries,
         counts.phones,
@@ -121,12 +198,25 @@ fn healthz(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
 /// listener put there), or, with `--trust-x-forwarded-for`, the left-most `X-Forwarded-For`
 /// entry (port 0). A missing or unparsable entry falls back to the socket peer.
 fn client_addr<B>(req: &Request<B>, shared: &Shared, peer: SocketAddr) -> SocketAddr {
+    let xff = req
+        .headers()
+        .get("x-forwarded-for")
+        .map(HeaderValue::as_bytes);
+    client_addr_from(shared, peer, xff)
+}
+
+/// [`client_addr`] from the first `X-Forwarded-For` value (the cluster edge reads the head
+/// itself, before hyper).
+pub(crate) fn client_addr_from(
+    shared: &Shared,
+    peer: SocketAddr,
+    forwarded_for: Option<&[u8]>,
+) -> SocketAddr {
     if !shared.opts.trust_x_forwarded_for {
         return peer;
     }
-    req.headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
+    forwarded_for
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.split(',').next())
         .and_then(|first| parse_forwarded_ip(first.trim()))
         .map_or(peer, |ip| SocketAddr::new(ip, 0))
@@ -194,12 +284,46 @@ fn check_headers(
     })
 }
 
+/// §8 over a per-IP limit: 429, counted and (throttled) logged.
+fn refuse_per_ip(
+    shared: &Shared,
+    endpoint: Endpoint,
+    path: &str,
+    remote: SocketAddr,
+    refusal: Refusal,
+) -> Response<Body> {
+    let (limit, outcome, what) = match refusal {
+        Refusal::Rate => (
+            AdmissionLimit::RatePerIp,
+            UpgradeOutcome::RejectRateLimit,
+            "per-IP upgrade rate",
+        ),
+        Refusal::Connections => (
+            AdmissionLimit::ConnectionsPerIp,
+            UpgradeOutcome::RejectIpConnections,
+            "per-IP connection cap",
+        ),
+    };
+    shared.metrics.admission_refusals.inc(limit);
+    shared
+        .metrics
+        .register_failures
+        .inc(RegisterFailure::RateLimit);
+    if let Some(suppressed) = shared.refusal_log.allow() {
+        warn!(path = %path, remote = %remote, reason = what, suppressed, "upgrade refused: 429");
+    }
+    shared.metrics.upgrades.inc(endpoint.label(), outcome);
+    empty(StatusCode::TOO_MANY_REQUESTS)
+}
+
 #[allow(clippy::too_many_lines)]
 fn upgrade(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
     remote: SocketAddr,
     endpoint: Endpoint,
+    pre: Option<Prerouted>,
+    inbound: bool,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let refuse = |outcome: UpgradeOutcome, status: StatusCode| {
@@ -215,33 +339,37 @@ fn upgrade(
             StatusCode::SERVICE_UNAVAILABLE,
         );
     }
-    // §2 order: host check (above) → per-IP limits → global cap → headers → upgrade.
-    let remote = client_addr(&req, &shared, remote);
-    let ip_slot = match shared.per_ip.admit(remote.ip()) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            let (limit, outcome, what) = match refusal {
-                Refusal::Rate => (
-                    AdmissionLimit::RatePerIp,
-                    UpgradeOutcome::RejectRateLimit,
-                    "per-IP upgrade rate",
-                ),
-                Refusal::Connections => (
-                    AdmissionLimit::ConnectionsPerIp,
-                    UpgradeOutcome::RejectIpConnections,
-                    "per-IP connection cap",
-                ),
-            };
-            shared.metrics.admission_refusals.inc(limit);
-            shared
-                .metrics
-                .register_failures
-                .inc(RegisterFailure::RateLimit);
-            if let Some(suppressed) = shared.refusal_log.allow() {
-                warn!(path = %path, remote = %remote, reason = what, suppressed, "upgrade refused: 429");
-            }
-            return refuse(outcome, StatusCode::TOO_MANY_REQUESTS);
+    // §2 order: host check (above) → per-IP limits → global cap → headers → upgrade. In
+    // cluster mode the edge applied the first two before asking the directory (§11), and a
+    // forwarded connection's client address is the link's source.
+    let remote = if inbound {
+        remote
+    } else {
+        client_addr(&req, &shared, remote)
+    };
+    let mut claim = None;
+    let ip_slot = match pre {
+        Some(Prerouted::Refused(refusal)) => {
+            return refuse_per_ip(&shared, endpoint, &path, remote, refusal)
         }
+        Some(Prerouted::Unavailable) => {
+            return refuse(
+                UpgradeOutcome::RejectUnavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+        }
+        Some(Prerouted::Local {
+            ip_slot,
+            claim: local,
+        }) => {
+            claim = local;
+            ip_slot
+        }
+        None if inbound => None,
+        None => match shared.per_ip.admit(remote.ip()) {
+            Ok(slot) => Some(slot),
+            Err(refusal) => return refuse_per_ip(&shared, endpoint, &path, remote, refusal),
+        },
     };
     let Ok(slot) = shared.conn_slots.clone().try_acquire_owned() else {
         if let Some(suppressed) = shared.refusal_log.allow() {
@@ -277,7 +405,14 @@ fn upgrade(
     // §6.1: a binary claims before its 101 goes out, so the server-id is held by the time it
     // can tell a phone to connect.
     let upgrading = match hello {
-        Hello::Binary(h) => Upgrading::Binary(binary::claim_before_upgrade(&shared, h)),
+        Hello::Binary(h) => {
+            let claiming = binary::claim_before_upgrade(&shared, h);
+            // §11: the registry holds it now; a release may take the node's lock again.
+            if let Some(claim) = claim.take() {
+                claim.claimed();
+            }
+            Upgrading::Binary(claiming)
+        }
         Hello::Phone(h) => Upgrading::Phone(h),
     };
     // Guarded: a panic in this connection is logged once, by its own guard (issue 11).
@@ -305,10 +440,22 @@ fn upgrade(
                 drop(parts.read_buf);
                 run(shared, upgrading, r, w, prefix).await;
             }
-            Err(upgraded) => {
-                let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-                run(shared, upgrading, r, w, Bytes::new()).await;
-            }
+            Err(upgraded) => match upgraded.downcast::<TokioIo<Rewind<ServerStream>>>() {
+                // Cluster mode: the edge read the request first and replayed it (§11).
+                Ok(parts) => {
+                    let (rest, stream) = parts.io.into_inner().into_parts();
+                    let (r, w) = stream.into_split(shared.opts.tls_split);
+                    let mut prefix = Vec::with_capacity(parts.read_buf.len() + rest.len());
+                    prefix.extend_from_slice(&parts.read_buf);
+                    prefix.extend_from_slice(&rest);
+                    drop(parts.read_buf);
+                    run(shared, upgrading, r, w, Bytes::from(prefix)).await;
+                }
+                Err(upgraded) => {
+                    let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                    run(shared, upgrading, r, w, Bytes::new()).await;
+                }
+            },
         }
     })));
     response.map(|_| Full::new(Bytes::new()))

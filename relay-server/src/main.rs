@@ -1,6 +1,7 @@
-//! `relay-server`: parse the command line and load certificates (exit 2 on a boot error,
-//! before binding anything), bind (exit 1 on failure), print the startup line, serve until
-//! SIGTERM or SIGINT (SIGHUP reloads manual certificates), drain, exit 0.
+//! `relay-server`: parse the command line, load certificates and (cluster mode) the cluster
+//! secret (exit 2 on a boot error, before binding anything), bind (exit 1 on failure), print
+//! the startup line, serve until SIGTERM or SIGINT (SIGHUP reloads manual certificates),
+//! leave the cluster directory, drain, exit 0.
 //!
 //! Exit always happens: the drain is bounded by `--shutdown-timeout`, whatever is still
 //! running after it (writers stuck on full sockets, peers that never answer the close) is
@@ -9,6 +10,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use relay_server::cluster::redis::{RedisDirectory, DEFAULT_PREFIX};
+use relay_server::cluster::{secret, NodeConfig, NodeId};
 use relay_server::config::{self, ListenMode};
 use relay_server::listen;
 use relay_server::logging::stderr_line;
@@ -38,7 +41,40 @@ fn main() -> ExitCode {
     code
 }
 
+/// Cluster mode's boot-time pieces (§11), all checked before anything binds.
+struct ClusterBoot {
+    listen: std::net::SocketAddr,
+    directory: RedisDirectory,
+    node: NodeConfig,
+    secret: secret::ClusterSecret,
+}
+
+fn cluster_boot(c: &config::Cluster) -> Result<ClusterBoot, String> {
+    let secret = secret::load(&c.secret_file).map_err(|e| e.to_string())?;
+    let directory = RedisDirectory::new(&c.redis_url, DEFAULT_PREFIX).map_err(|e| e.to_string())?;
+    let node = NodeId::new(&c.node_id).map_err(|e| format!("--node-id: {e}"))?;
+    Ok(ClusterBoot {
+        listen: c.listen,
+        directory,
+        node: NodeConfig {
+            node,
+            advertise: c.advertise.clone(),
+            lease: c.lease,
+            op_timeout: relay_server::cluster::node::OP_TIMEOUT,
+        },
+        secret,
+    })
+}
+
 async fn serve(config: config::Config) -> ExitCode {
+    // The secret is read (and refused) before anything binds: a boot error, exit 2.
+    let cluster = match config.cluster.as_ref().map(cluster_boot).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            stderr_line(&format!("relay-server: {e}"));
+            return ExitCode::from(2);
+        }
+    };
     // Certificates are loaded (or made) before anything binds: a bad pair is a boot error.
     let mut prepared = match listen::prepare(&config.listen) {
         Ok(p) => p,
@@ -59,7 +95,7 @@ async fn serve(config: config::Config) -> ExitCode {
         }
     }
     let addr = prepared.addr;
-    let relay = match Relay::bind_with(addr, prepared.transport.clone(), opts).await {
+    let mut relay = match Relay::bind_with(addr, prepared.transport.clone(), opts).await {
         Ok(relay) => relay,
         Err(e) => {
             error!(addr = %addr, err = %e, "cannot bind listener");
@@ -74,6 +110,29 @@ async fn serve(config: config::Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // §11: the cluster listener binds like the main one (failure is exit 1).
+    let node_id = cluster.as_ref().map(|c| c.node.node.clone());
+    if let Some(c) = cluster {
+        let listener = match tokio::net::TcpListener::bind(c.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(addr = %c.listen, err = %e, "cannot bind the cluster listener");
+                stderr_line(&format!(
+                    "relay-server: cannot listen on {} for the cluster: {e}",
+                    c.listen
+                ));
+                return ExitCode::from(1);
+            }
+        };
+        let mut node = c.node;
+        // `--cluster-listen HOST:0` without `--cluster-advertise`: peers dial the port bound.
+        if c.listen.port() == 0 && node.advertise == c.listen.to_string() {
+            if let Ok(bound) = listener.local_addr() {
+                node.advertise = bound.to_string();
+            }
+        }
+        relay.enable_cluster(c.directory, node, c.secret, listener);
+    }
     // ACME mode: the HTTP-01 listener (bound like the main one: failure is exit 1) and the
     // manager, which orders at once unless a valid certificate was cached.
     let (acme_stop, acme_stop_rx) = tokio::sync::watch::channel(false);
@@ -135,17 +194,24 @@ async fn serve(config: config::Config) -> ExitCode {
         info!(addr = %push.endpoint, "push wake on (FCM)");
     }
     listen::start_reload(&prepared);
+    // In cluster mode the cluster listener is the last address.
+    bound.extend(relay.cluster_addr());
     // §10: every bound address, comma-separated, the main (WebSocket) listener first.
     let addrs = bound
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    match metrics_addr {
-        Some(metrics) => {
-            info!(addr = %addrs, mode = %config.listen.name(), metrics_addr = %metrics, "listening")
+    let mode = config.listen.name();
+    match (metrics_addr, node_id) {
+        (Some(metrics), Some(node)) => {
+            info!(addr = %addrs, mode = %mode, metrics_addr = %metrics, node_id = %node, "listening")
         }
-        None => info!(addr = %addrs, mode = %config.listen.name(), "listening"),
+        (Some(metrics), None) => {
+            info!(addr = %addrs, mode = %mode, metrics_addr = %metrics, "listening")
+        }
+        (None, Some(node)) => info!(addr = %addrs, mode = %mode, node_id = %node, "listening"),
+        (None, None) => info!(addr = %addrs, mode = %mode, "listening"),
     }
     let handle = relay.shutdown_handle();
     tokio::spawn(async move {

@@ -4,6 +4,11 @@
 //! the bound address before serving. [`Relay::run`] serves until its [`ShutdownHandle`] fires,
 //! then closes every WebSocket with 1001 "shutting down" (each writer does it on its own, all
 //! at once) and waits at most `--shutdown-timeout` for them to finish.
+//!
+//! In cluster mode (§11, [`Relay::enable_cluster`]) it also runs the node's lease loop and
+//! the cluster listener, routes each client connection's first request through
+//! `cluster::edge` before hyper, and on shutdown leaves the directory *before* the 1001
+//! closes go out, so reconnecting binaries claim on another node at once.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,9 +23,11 @@ use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
 use tracing::{debug, info, warn};
 
-use crate::http::ConnInfo;
+use crate::cluster::edge::{self, Edge};
+use crate::cluster::runtime::{Cluster, RegistrySlots};
+use crate::cluster::{ClusterNode, NodeConfig};
+use crate::http::{ClusterConn, ConnInfo};
 use crate::listen::stats::PreUpgrade;
-use crate::listen::stream::ServerStream;
 use crate::listen::{self, Listener, Transport};
 use crate::options::RelayOptions;
 use crate::shared::Shared;
@@ -28,7 +35,13 @@ use crate::shared::Shared;
 pub struct Relay {
     listeners: Vec<Listener>,
     shared: Arc<Shared>,
+    /// What connections watch: flips once the relay may close them (after leaving the
+    /// cluster directory, in cluster mode).
     shutdown_tx: watch::Sender<bool>,
+    /// What the [`ShutdownHandle`] flips.
+    requested_tx: watch::Sender<bool>,
+    /// Cluster mode: the cluster listener.
+    cluster_listener: Option<TcpListener>,
 }
 
 /// Starts the shutdown of a running relay.
@@ -77,7 +90,30 @@ impl Relay {
             listeners,
             shared: Arc::new(Shared::new(opts, shutdown_rx)),
             shutdown_tx,
+            requested_tx: watch::channel(false).0,
+            cluster_listener: None,
         }
+    }
+
+    /// Makes this relay a node of a cluster (§11): `directory` is shared with its peers,
+    /// `listener` (already bound: a bind failure is the caller's exit 1) accepts the
+    /// connections they forward. Call before [`run`](Self::run), which starts the lease loop.
+    pub fn enable_cluster(
+        &mut self,
+        directory: crate::cluster::redis::RedisDirectory,
+        node: NodeConfig,
+        secret: crate::cluster::secret::ClusterSecret,
+        listener: TcpListener,
+    ) {
+        let slots = Arc::new(RegistrySlots(self.shared.registry.clone()));
+        let node = ClusterNode::new(directory, node, slots);
+        self.shared.set_cluster(Arc::new(Cluster { node, secret }));
+        self.cluster_listener = Some(listener);
+    }
+
+    /// The cluster listener's bound address, in cluster mode.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster_listener.as_ref()?.local_addr().ok()
     }
 
     /// The main listener's bound address.
@@ -94,7 +130,7 @@ impl Relay {
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.shutdown_tx.clone())
+        ShutdownHandle(self.requested_tx.clone())
     }
 
     /// Live counts, as `/healthz` reports them.
@@ -113,7 +149,31 @@ impl Relay {
             listeners,
             shared,
             shutdown_tx,
+            requested_tx,
+            cluster_listener,
         } = self;
+        // §11: the directory forgets this node before the 1001 closes go out.
+        let mut requested = requested_tx.subscribe();
+        let cluster = shared.cluster().cloned();
+        let closer = shutdown_tx.clone();
+        tokio::spawn(async move {
+            crate::shared::shutdown_signalled(&mut requested).await;
+            if let Some(cluster) = &cluster {
+                cluster.node.leave().await;
+            }
+            closer.send_replace(true);
+        });
+        if let Some(cluster) = shared.cluster() {
+            tokio::spawn(cluster.node.clone().run());
+        }
+        let mut loops = Vec::new();
+        if let Some(listener) = cluster_listener {
+            loops.push(tokio::spawn(crate::cluster::inbound::accept_loop(
+                listener,
+                shared.clone(),
+                shutdown_tx.subscribe(),
+            )));
+        }
         tokio::spawn(
             shared
                 .outboxes
@@ -121,10 +181,11 @@ impl Relay {
                 .run(shared.budget.clone(), shutdown_tx.subscribe()),
         );
         tokio::spawn(sweep_idle_ips(shared.clone()));
-        let loops: Vec<_> = listeners
-            .into_iter()
-            .map(|l| tokio::spawn(accept_loop(l, shared.clone(), shutdown_tx.subscribe())))
-            .collect();
+        loops.extend(
+            listeners
+                .into_iter()
+                .map(|l| tokio::spawn(accept_loop(l, shared.clone(), shutdown_tx.subscribe()))),
+        );
         for accept in loops {
             // Each loop ends (dropping its listener) once shutdown is signalled.
             let _ = accept.await;
@@ -195,31 +256,71 @@ async fn serve_connection(
     let deadline = Instant::now() + shared.opts.handshake_timeout;
     let hosts = transport.hosts();
     let until_upgraded = async {
-        let Some((stream, remote)) =
-            listen::handshake(&transport, tcp, peer, &shared.listen_stats).await
-        else {
-            return;
+        let (stream, remote) =
+            listen::handshake(&transport, tcp, peer, &shared.listen_stats).await?;
+        let Some(cluster) = shared.cluster() else {
+            let conn = ConnInfo {
+                remote,
+                hosts,
+                cluster: ClusterConn::Off,
+            };
+            serve_http(shared.clone(), stream, conn).await;
+            return None;
         };
-        serve_http(shared.clone(), stream, ConnInfo { remote, hosts }).await;
+        // §11: the first request decides where the connection goes.
+        match edge::route(&shared, cluster, stream, remote, hosts.as_ref()).await {
+            Edge::Serve(stream, pre) => {
+                let conn = ConnInfo {
+                    remote,
+                    hosts,
+                    cluster: ClusterConn::Edge(Arc::new(std::sync::Mutex::new(pre))),
+                };
+                serve_http(shared.clone(), stream, conn).await;
+                None
+            }
+            Edge::Forward(forwarding) => Some(forwarding),
+            Edge::Dropped => None,
+        }
     };
-    if timeout_at(deadline, until_upgraded).await.is_err() {
-        shared.listen_stats.record(PreUpgrade::HandshakeTimeout);
-        shared
-            .metrics
-            .admission_refusals
-            .inc(crate::metrics::AdmissionLimit::HandshakeTimeout);
-        debug!(remote = %peer, "handshake timeout: connection dropped before its upgrade");
+    match timeout_at(deadline, until_upgraded).await {
+        // The splice lives as long as the client and its holder: outside the deadline.
+        Ok(Some(forwarding)) => forwarding.run(shared).await,
+        Ok(None) => {}
+        Err(_) => handshake_timed_out(&shared, peer),
     }
 }
 
-async fn serve_http(shared: Arc<Shared>, stream: ServerStream, conn: ConnInfo) {
+fn handshake_timed_out(shared: &Shared, peer: SocketAddr) {
+    shared.listen_stats.record(PreUpgrade::HandshakeTimeout);
+    shared
+        .metrics
+        .admission_refusals
+        .inc(crate::metrics::AdmissionLimit::HandshakeTimeout);
+    debug!(remote = %peer, "handshake timeout: connection dropped before its upgrade");
+}
+
+/// hyper on one connection, up to the upgrade (or its end). In cluster mode every connection
+/// carries exactly one request, the one the edge routed: keep-alive is off, and hyper's
+/// buffer limit is the edge's, so a head too long to route is hyper's 431.
+pub(crate) async fn serve_http<S>(shared: Arc<Shared>, stream: S, conn: ConnInfo)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut shutdown = shared.shutdown.clone();
     let svc_shared = shared.clone();
     let remote = conn.remote;
+    let cluster = !matches!(conn.cluster, ClusterConn::Off);
     let service = service_fn(move |req| crate::http::handle(req, svc_shared.clone(), conn.clone()));
-    let conn = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.opts.header_read_timeout)
+        .header_read_timeout(shared.opts.header_read_timeout);
+    if cluster {
+        builder
+            .keep_alive(false)
+            .max_buf_size(crate::cluster::head::MAX_HEAD);
+    }
+    let conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);

@@ -1,6 +1,6 @@
 //! State shared by every connection of one running relay.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use relay_core::{Registry, RegistryConfig, SystemClock};
@@ -9,6 +9,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::admission::budget::Budget;
 use crate::admission::ip::{IpLimits, PerIp};
 use crate::admission::shed::Outboxes;
+use crate::cluster::runtime::Cluster;
 use crate::listen::stats::ListenStats;
 use crate::metrics::Metrics;
 use crate::options::RelayOptions;
@@ -16,7 +17,7 @@ use crate::push::PushService;
 use crate::ws::peer::{Peer, PeerLimits, Role};
 
 pub struct Shared {
-    pub registry: Registry<Peer, SystemClock>,
+    pub registry: Arc<Registry<Peer, SystemClock>>,
     pub opts: RelayOptions,
     /// Flips to true once at shutdown.
     pub shutdown: watch::Receiver<bool>,
@@ -36,11 +37,13 @@ pub struct Shared {
     pub listen_stats: ListenStats,
     /// Push wake (§4.4): off unless `opts.push` carries settings.
     pub push: PushService,
+    /// Cluster mode (§11), set once before serving; `None` on a single node.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl Shared {
     pub fn new(opts: RelayOptions, shutdown: watch::Receiver<bool>) -> Self {
-        let registry = Registry::new(
+        let registry = Arc::new(Registry::new(
             RegistryConfig {
                 grace_period: opts.grace_period,
                 phones_per_server: opts.phones_per_server,
@@ -49,7 +52,7 @@ impl Shared {
                 shards: 64,
             },
             SystemClock,
-        );
+        ));
         let push = PushService::new(opts.push.clone(), shutdown.clone());
         Shared {
             registry,
@@ -69,7 +72,18 @@ impl Shared {
             metrics: Metrics::default(),
             listen_stats: ListenStats::default(),
             push,
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Cluster mode's state, if this relay is a node of a cluster (§11).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Turns cluster mode on; only before serving (a second call changes nothing).
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
     }
 
     pub fn is_shutting_down(&self) -> bool {

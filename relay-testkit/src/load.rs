@@ -4,6 +4,8 @@
 //! - [`run_echo`]: fake binaries echo every phone frame back; phones measure round trips per second
 //!   and latency, and check that every message comes back once and in order.
 //! - [`run_idle`]: opens and holds connections and reports the server's memory per connection.
+//! - [`Reconnecting`]: clients that reconnect on every close or refusal, with per (phone,
+//!   direction) order checks across reconnects, for failover drills (cluster mode, §11).
 //!
 //! This module owns the configuration, the connection fan-out and the errors; the submodules own
 //! one piece each. It never prints, except the optional progress line on stderr.
@@ -15,6 +17,7 @@ mod idle_mode;
 pub mod message;
 mod phone;
 mod progress;
+pub mod reconnect;
 pub mod report;
 pub mod seq;
 mod stats;
@@ -31,7 +34,8 @@ use tokio::sync::Semaphore;
 pub use conn::{close_code_hint, ConnectError, CONNECT_TIMEOUT};
 pub use echo_mode::run_echo;
 pub use idle_mode::run_idle;
-pub use report::{EchoReport, IdleReport, LatencySummary};
+pub use reconnect::{ReconnectConfig, Reconnecting};
+pub use report::{EchoReport, IdleReport, LatencySummary, ReconnectReport};
 
 /// `User-Agent` of every load connection.
 pub const USER_AGENT: &str = "relay-load/0.1";
@@ -85,6 +89,9 @@ pub struct EchoConfig {
     pub connect_concurrency: usize,
     /// Print a progress line to stderr once a second.
     pub progress: bool,
+    /// Phones connect here instead of the binaries' address: on a relay cluster, a node
+    /// that does not hold their server-ids, so every phone is forwarded (§11).
+    pub phone_addr: Option<SocketAddr>,
 }
 
 impl Default for EchoConfig {
@@ -99,6 +106,7 @@ impl Default for EchoConfig {
             drain_timeout: Duration::from_secs(5),
             connect_concurrency: 128,
             progress: false,
+            phone_addr: None,
         }
     }
 }

@@ -234,11 +234,23 @@ impl<D: Directory> ClusterNode<D> {
         op: Op,
         fut: impl std::future::Future<Output = Result<T, DirError>>,
     ) -> Result<T, DirError> {
+        self.call_judged(op, fut, |_| false).await
+    }
+
+    /// [`call`](Self::call), counting an answer `refused` says is the directory turning us
+    /// down (our lease is gone, or not ours) as [`Outcome::Conflict`].
+    async fn call_judged<T>(
+        &self,
+        op: Op,
+        fut: impl std::future::Future<Output = Result<T, DirError>>,
+        refused: impl FnOnce(&T) -> bool,
+    ) -> Result<T, DirError> {
         let result = match tokio::time::timeout(self.cfg.op_timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(DirError::Timeout(self.cfg.op_timeout)),
         };
         let outcome = match &result {
+            Ok(answer) if refused(answer) => Outcome::Conflict,
             Ok(_) => Outcome::Ok,
             Err(DirError::Timeout(_)) => Outcome::Timeout,
             Err(_) => Outcome::Error,
@@ -268,7 +280,9 @@ impl<D: Directory> ClusterNode<D> {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let claim = tokio::time::timeout(
             remaining,
-            self.call(Op::Claim, self.dir.claim(sid, &self.cfg.node, epoch)),
+            self.call_judged(Op::Claim, self.dir.claim(sid, &self.cfg.node, epoch), |c| {
+                matches!(c, Claim::Fenced)
+            }),
         )
         .await
         .map_err(|_| DirError::Timeout(self.cfg.op_timeout))??;
@@ -405,9 +419,10 @@ impl<D: Directory> ClusterNode<D> {
                     Sweep::Failed => false,
                 },
                 Some(epoch) => match self
-                    .call(
+                    .call_judged(
                         Op::Refresh,
                         self.dir.refresh(&self.cfg.node, epoch, self.cfg.lease),
+                        |r| *r != Refresh::Alive,
                     )
                     .await
                 {
@@ -459,9 +474,10 @@ impl<D: Directory> ClusterNode<D> {
             owned.into_iter().partition(|sid| self.slots.holds(sid));
         for chunk in held.chunks(REASSERT_BATCH) {
             match self
-                .call(
+                .call_judged(
                     Op::Reassert,
                     self.dir.reassert(&self.cfg.node, epoch, chunk),
+                    |r| matches!(r, Reassert::Fenced),
                 )
                 .await
             {
@@ -470,6 +486,14 @@ impl<D: Directory> ClusterNode<D> {
                         if let Reasserted::Lost { .. } = r {
                             self.stats.event(Event::SlotLost);
                             warn!(node_id = %self.cfg.node, server_id = %sid.as_str(), "another node took this server-id while our lease was gone: closing with 1012");
+                            // Under the server-id's lock, so a local claim or a takeover
+                            // after a probe is wholly before the fence (and closed by it) or
+                            // wholly after (and routed by the directory).
+                            let _guard = tokio::time::timeout(
+                                self.cfg.op_timeout,
+                                self.sid_lock(sid).lock_owned(),
+                            )
+                            .await;
                             lock(&self.owned).remove(sid);
                             self.slots.fence(sid);
                         }

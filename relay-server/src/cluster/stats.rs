@@ -1,12 +1,13 @@
-//! Counters of the cluster subsystem (protocol.md §10 "cluster directory operations and
-//! forwarded connections (§11)"): plain atomics, touched once per directory call or
-//! forwarded connection, never per message.
+//! Counters of the cluster node (protocol.md §10 "cluster directory operations (§11)"): plain
+//! atomics, touched once per directory call or event, never per message.
 //!
-//! The metrics exporter maps them to:
-//! - `pyrycode_relay_cluster_directory_ops_total{op=<Op::name>,outcome=<Outcome::name>}`
-//! - `pyrycode_relay_cluster_events_total{event=<Event::name>}` (fencing, slots lost, ...)
-//! - `pyrycode_relay_cluster_forwarded_total{outcome=<Forwarded::name>}`
+//! `metrics/export.rs` serves them as:
+//! - `pyrycode_relay_cluster_directory_operations_total{op,outcome}` ([`Op`] × [`Outcome`];
+//!   `op="lease"` is [`Op::Refresh`]);
+//! - `pyrycode_relay_cluster_events_total{event}` ([`Event`]);
 //! - `pyrycode_relay_cluster_degraded` (gauge, 0/1, from `ClusterNode::health`).
+//!
+//! Forwarded connections are counted by the request path in `Metrics::cluster_forwarded`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,18 +54,27 @@ impl Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
-    /// Unreachable, refused, or an unexpected reply.
+    /// The directory answered no because of this node's own state: its lease is gone
+    /// (claim or reassert refused, refresh found it gone) or another process holds its id.
+    Conflict,
+    /// Unreachable, a server error, or an unexpected reply.
     Error,
     /// No answer within the request path's bound (2 s).
     Timeout,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Error, Outcome::Timeout];
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::Conflict,
+        Outcome::Error,
+        Outcome::Timeout,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
+            Outcome::Conflict => "conflict",
             Outcome::Error => "error",
             Outcome::Timeout => "timeout",
         }
@@ -102,43 +112,10 @@ impl Event {
     }
 }
 
-/// What happened to a connection this node forwarded, or one that arrived on its cluster
-/// listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forwarded {
-    /// Sent on to the holder and spliced.
-    Out,
-    /// The holder's cluster listener could not be reached (the client got 503).
-    ConnectFailed,
-    /// Arrived on our cluster listener with a valid header.
-    In,
-    /// Arrived on our cluster listener without a valid header: closed with no bytes.
-    Rejected,
-}
-
-impl Forwarded {
-    pub const ALL: [Forwarded; 4] = [
-        Forwarded::Out,
-        Forwarded::ConnectFailed,
-        Forwarded::In,
-        Forwarded::Rejected,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Forwarded::Out => "out",
-            Forwarded::ConnectFailed => "connect_failed",
-            Forwarded::In => "in",
-            Forwarded::Rejected => "rejected",
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct ClusterStats {
-    ops: [[AtomicU64; 3]; 8],
+    ops: [[AtomicU64; 4]; 8],
     events: [AtomicU64; 4],
-    forwarded: [AtomicU64; 4],
 }
 
 fn index<T: PartialEq>(all: &[T], v: &T) -> usize {
@@ -155,20 +132,12 @@ impl ClusterStats {
         self.events[index(&Event::ALL, &e)].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn forwarded(&self, f: Forwarded) {
-        self.forwarded[index(&Forwarded::ALL, &f)].fetch_add(1, Ordering::Relaxed);
-    }
-
     pub fn ops(&self, op: Op, outcome: Outcome) -> u64 {
         self.ops[index(&Op::ALL, &op)][index(&Outcome::ALL, &outcome)].load(Ordering::Relaxed)
     }
 
     pub fn events(&self, e: Event) -> u64 {
         self.events[index(&Event::ALL, &e)].load(Ordering::Relaxed)
-    }
-
-    pub fn forwards(&self, f: Forwarded) -> u64 {
-        self.forwarded[index(&Forwarded::ALL, &f)].load(Ordering::Relaxed)
     }
 }
 
@@ -181,21 +150,18 @@ mod tests {
         let s = ClusterStats::default();
         for (i, op) in Op::ALL.iter().enumerate() {
             for (j, o) in Outcome::ALL.iter().enumerate() {
-                for _ in 0..(i * 3 + j + 1) {
+                for _ in 0..(i * 4 + j + 1) {
                     s.op(*op, *o);
                 }
             }
         }
         for (i, op) in Op::ALL.iter().enumerate() {
             for (j, o) in Outcome::ALL.iter().enumerate() {
-                assert_eq!(s.ops(*op, *o), (i * 3 + j + 1) as u64);
+                assert_eq!(s.ops(*op, *o), (i * 4 + j + 1) as u64);
             }
         }
         s.event(Event::SlotLost);
-        s.forwarded(Forwarded::Rejected);
         assert_eq!(s.events(Event::SlotLost), 1);
         assert_eq!(s.events(Event::Fenced), 0);
-        assert_eq!(s.forwards(Forwarded::Rejected), 1);
-        assert_eq!(s.forwards(Forwarded::In), 0);
     }
 }

@@ -161,8 +161,12 @@ fn validate_node_id(raw: &str) -> Result<String, BootError> {
 
 fn validate_advertise(raw: &str) -> Result<String, BootError> {
     let bad = || invalid("--cluster-advertise", "expected HOST:PORT or [IPv6]:PORT");
-    if raw.parse::<SocketAddr>().is_ok() {
-        return Ok(raw.to_owned());
+    if let Ok(addr) = raw.parse::<SocketAddr>() {
+        return if addr.port() == 0 || addr.ip().is_unspecified() {
+            Err(bad())
+        } else {
+            Ok(raw.to_owned())
+        };
     }
     let (host, port) = raw.rsplit_once(':').ok_or_else(bad)?;
     let host_ok = !host.is_empty()

@@ -164,7 +164,7 @@ impl Feature {
             Feature::HandshakeTimeout => true,
             Feature::MemoryBudget => true,
             Feature::Push => true,
-            Feature::Cluster => false,
+            Feature::Cluster => true,
         }
     }
 

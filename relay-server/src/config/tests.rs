@@ -510,23 +510,6 @@ fn push_flags_are_accepted_now_that_push_is_built() {
 }
 
 #[test]
-fn cluster_is_refused_until_built() {
-    refused_until_built(
-        &[
-            "--cluster-redis",
-            "redis://127.0.0.1:6379",
-            "--cluster-listen",
-            "127.0.0.1:7000",
-            "--cluster-secret-file",
-            "s",
-        ],
-        &[],
-        "--cluster-redis",
-        Feature::Cluster,
-    );
-}
-
-#[test]
 fn implemented_admission_flags_are_accepted() {
     let config = ok(&[
         "--max-connections",
@@ -542,4 +525,26 @@ fn implemented_admission_flags_are_accepted() {
         Duration::from_millis(250)
     );
     assert_eq!(config.admission.phones_per_server, 1);
+}
+
+#[test]
+fn cluster_flags_are_accepted_and_reach_the_config() {
+    let config = ok(&[
+        "--cluster-redis",
+        "redis://127.0.0.1:6379",
+        "--cluster-listen",
+        "127.0.0.1:7000",
+        "--cluster-secret-file",
+        "/run/secret",
+        "--node-id",
+        "relay-a",
+        "--cluster-lease",
+        "3s",
+    ]);
+    let cluster = config.cluster.expect("cluster mode on");
+    assert_eq!(cluster.node_id, "relay-a");
+    assert_eq!(cluster.listen, v4([127, 0, 0, 1], 7000));
+    assert_eq!(cluster.advertise, "127.0.0.1:7000");
+    assert_eq!(cluster.lease, Duration::from_secs(3));
+    assert!(Feature::Cluster.built());
 }

@@ -12,19 +12,53 @@ use prometheus_client::registry::Registry;
 use super::labels::*;
 use super::process::Process;
 use super::{Metrics, MALFORMED_KINDS};
+use crate::cluster::stats as cluster_stats;
 use crate::listen::stats::PreUpgrade;
-use crate::push::Outcome;
+use crate::push;
 use crate::shared::Shared;
 
 /// The push service's own outcome for a `push_wakes_total` label (the push service counts;
 /// the labels live here).
-fn push_outcome(o: PushOutcome) -> Outcome {
+fn push_outcome(o: PushOutcome) -> push::Outcome {
     match o {
-        PushOutcome::Sent => Outcome::Sent,
-        PushOutcome::Unregistered => Outcome::Unregistered,
-        PushOutcome::SendFailed => Outcome::SendFailed,
-        PushOutcome::TokenFetchFailed => Outcome::TokenFetchFailed,
-        PushOutcome::Dropped => Outcome::Dropped,
+        PushOutcome::Sent => push::Outcome::Sent,
+        PushOutcome::Unregistered => push::Outcome::Unregistered,
+        PushOutcome::SendFailed => push::Outcome::SendFailed,
+        PushOutcome::TokenFetchFailed => push::Outcome::TokenFetchFailed,
+        PushOutcome::Dropped => push::Outcome::Dropped,
+    }
+}
+
+/// The node's counter behind each `cluster_directory_operations_total` label pair.
+fn cluster_op(
+    op: ClusterOp,
+    outcome: ClusterOutcome,
+) -> (cluster_stats::Op, cluster_stats::Outcome) {
+    let op = match op {
+        ClusterOp::Claim => cluster_stats::Op::Claim,
+        ClusterOp::Locate => cluster_stats::Op::Locate,
+        ClusterOp::Release => cluster_stats::Op::Release,
+        ClusterOp::Lease => cluster_stats::Op::Refresh,
+        ClusterOp::Leave => cluster_stats::Op::Leave,
+        ClusterOp::Join => cluster_stats::Op::Join,
+        ClusterOp::Reassert => cluster_stats::Op::Reassert,
+        ClusterOp::Purge => cluster_stats::Op::Purge,
+    };
+    let outcome = match outcome {
+        ClusterOutcome::Ok => cluster_stats::Outcome::Ok,
+        ClusterOutcome::Conflict => cluster_stats::Outcome::Conflict,
+        ClusterOutcome::Error => cluster_stats::Outcome::Error,
+        ClusterOutcome::Timeout => cluster_stats::Outcome::Timeout,
+    };
+    (op, outcome)
+}
+
+fn cluster_event(e: ClusterEvent) -> cluster_stats::Event {
+    match e {
+        ClusterEvent::Fenced => cluster_stats::Event::Fenced,
+        ClusterEvent::SlotLost => cluster_stats::Event::SlotLost,
+        ClusterEvent::Takeover => cluster_stats::Event::Takeover,
+        ClusterEvent::Usurped => cluster_stats::Event::Usurped,
     }
 }
 
@@ -284,10 +318,27 @@ fn snapshot(shared: &Shared) -> Snapshot {
         "Unix time the served certificate expires (0: none).",
         Value::U(m.certificate_expiry()),
     );
+    // A single node serves these at zero, like every other series (§10).
+    let node = shared.cluster().map(|c| &c.node);
     s.by_two(
         "pyrycode_relay_cluster_directory_operations",
         "Cluster directory operations by kind and outcome (protocol.md section 11).",
-        |o: ClusterOp, r: ClusterOutcome| m.cluster_ops.get(o, r),
+        |o: ClusterOp, r: ClusterOutcome| {
+            let (op, outcome) = cluster_op(o, r);
+            node.map_or(0, |n| n.stats().ops(op, outcome))
+        },
+    );
+    s.by(
+        "pyrycode_relay_cluster_events",
+        "Rare cluster events: lease found gone, slots lost to another node, takeovers, usurped.",
+        |e: ClusterEvent| node.map_or(0, |n| n.stats().events(cluster_event(e))),
+    );
+    s.gauge(
+        "pyrycode_relay_cluster_degraded",
+        "1 while this node cannot use the cluster directory (/healthz says degraded).",
+        Value::U(u64::from(
+            node.is_some_and(|n| n.health() == crate::cluster::Health::Degraded),
+        )),
     );
     s.by(
         "pyrycode_relay_cluster_forwarded_connections",
@@ -379,7 +430,7 @@ mod push_tests {
 
     #[test]
     fn every_push_wakes_label_reads_the_push_outcome_of_the_same_name() {
-        assert_eq!(PushOutcome::ALL.len(), Outcome::ALL.len());
+        assert_eq!(PushOutcome::ALL.len(), push::Outcome::ALL.len());
         for o in PushOutcome::ALL {
             assert_eq!(o.as_str(), push_outcome(*o).as_str());
         }

@@ -162,18 +162,22 @@ label!(
 );
 
 label!(
-    /// `cluster_directory_operations_total{op}` (§11).
+    /// `cluster_directory_operations_total{op}` (§11): `lease` is the liveness refresh.
     ClusterOp = "op" {
         Claim => "claim",
         Locate => "locate",
         Release => "release",
         Lease => "lease",
         Leave => "leave",
+        Join => "join",
+        Reassert => "reassert",
+        Purge => "purge",
     }
 );
 
 label!(
-    /// `cluster_directory_operations_total{outcome}`.
+    /// `cluster_directory_operations_total{outcome}`: `conflict` is the directory refusing
+    /// because this node's lease is gone (or its id taken by another process).
     ClusterOutcome = "outcome" {
         Ok => "ok",
         Conflict => "conflict",
@@ -183,12 +187,24 @@ label!(
 );
 
 label!(
-    /// `cluster_forwarded_connections_total{outcome}`.
+    /// `cluster_forwarded_connections_total{outcome}`: `out` spliced to the holder, `in`
+    /// arrived on the cluster listener with a valid link header, `refused` arrived without
+    /// one (closed with no bytes), `failed` the holder could not be reached (503).
     ForwardOutcome = "outcome" {
         Out => "out",
         In => "in",
         Refused => "refused",
         Failed => "failed",
+    }
+);
+
+label!(
+    /// `cluster_events_total{event}` (§11): the node's rare moments in the directory.
+    ClusterEvent = "event" {
+        Fenced => "fenced",
+        SlotLost => "slot_lost",
+        Takeover => "takeover",
+        Usurped => "usurped",
     }
 );
 
@@ -235,6 +251,7 @@ mod tests {
         check::<ClusterOp>();
         check::<ClusterOutcome>();
         check::<ForwardOutcome>();
+        check::<ClusterEvent>();
         check::<PanicPoint>();
     }
 }

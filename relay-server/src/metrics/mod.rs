@@ -23,9 +23,9 @@ use crate::listen::acme::{AcmeStats, OrderOutcome};
 use crate::listen::tls::CertResolver;
 
 pub use labels::{
-    AcmeOutcome, AdmissionLimit, CloseReason, ClusterOp, ClusterOutcome, Direction, DropReason,
-    Endpoint, ForwardOutcome, Label, PanicPoint, PushOutcome, ReclaimPolicyLabel, RegisterFailure,
-    Role, UpgradeOutcome,
+    AcmeOutcome, AdmissionLimit, CloseReason, ClusterEvent, ClusterOp, ClusterOutcome, Direction,
+    DropReason, Endpoint, ForwardOutcome, Label, PanicPoint, PushOutcome, ReclaimPolicyLabel,
+    RegisterFailure, Role, UpgradeOutcome,
 };
 
 /// Shards of the per-message counters.
@@ -133,7 +133,8 @@ pub struct Metrics {
     acme: OnceLock<Arc<AcmeStats>>,
     /// Manual and development TLS: the resolver whose certificate (expiry, reloads) is served.
     certificates: OnceLock<Arc<CertResolver>>,
-    pub cluster_ops: ByTwo<ClusterOp, ClusterOutcome>,
+    /// Forwarded connections (§11); the directory's own counters are the node's
+    /// (`cluster::stats`), read by the exporter.
     pub cluster_forwarded: ByLabel<ForwardOutcome>,
     pub panics: ByLabel<PanicPoint>,
 }

@@ -321,6 +321,13 @@ async fn claim(
                 if peer.is_done() {
                     return;
                 }
+                // §11: the directory may have moved the server-id while the probe ran.
+                let Ok(_still_ours) =
+                    crate::cluster::runtime::before_takeover(&shared, &server_id).await
+                else {
+                    peer.close(Close::SERVICE_RESTART);
+                    return;
+                };
                 outcome = shared
                     .registry
                     .takeover(&server_id, &incumbent, peer.clone());
@@ -367,6 +374,10 @@ async fn grace_timer(shared: Arc<Shared>, ticket: GraceTicket) {
                     info!(server_id = %ticket.server_id, phones = phones.len(), "grace period expired");
                 }
                 expired.apply();
+                // §11 "Release": the slot is free here; the directory entry goes too.
+                if let Some(cluster) = shared.cluster() {
+                    cluster.node.slot_freed(&ticket.server_id).await;
+                }
                 return;
             }
         }

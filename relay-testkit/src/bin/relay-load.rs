@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use relay_testkit::load::{self, sys, EchoConfig, IdleConfig, LoadError, Pacing, Target};
+use relay_testkit::load::{
+    self, sys, EchoConfig, IdleConfig, LoadError, Pacing, ReconnectConfig, Reconnecting, Target,
+};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -41,6 +43,10 @@ struct Cli {
     /// Connection attempts in progress at once.
     #[arg(long, global = true, default_value_t = 128)]
     connect_concurrency: usize,
+    /// Phones connect to this HOST:PORT instead of --addr (binaries stay on --addr): on a
+    /// relay cluster, a node that does not hold their server-ids, so every phone is forwarded.
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    phone_addr: Option<String>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -52,6 +58,33 @@ enum Mode {
     Echo(EchoArgs),
     /// Open connections and hold them: the server's resident memory per connection.
     Idle(IdleArgs),
+    /// Clients that reconnect on every close or refusal (with backoff) while relay nodes fail
+    /// under them; checks per phone and direction that nothing the relay accepted arrives
+    /// twice or out of order, across reconnects. Exit 0 only if so, with every phone routing
+    /// at the end.
+    Reconnect(ReconnectArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReconnectArgs {
+    /// Server-ids, one fake binary each.
+    #[arg(long, visible_alias = "server-ids", default_value_t = 4)]
+    binaries: usize,
+    /// Phones in total, spread round-robin over the server-ids.
+    #[arg(long, default_value_t = 16)]
+    phones: usize,
+    /// Size of every phone message in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Pause between a phone's echo and its next message.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// How long a phone waits for an echo before sending the next message anyway.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    echo_wait: Duration,
+    /// How long to run.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +134,7 @@ struct IdleArgs {
 enum Config {
     Echo(EchoConfig),
     Idle(IdleConfig),
+    Reconnect(ReconnectConfig, Duration),
 }
 
 fn main() -> ExitCode {
@@ -120,6 +154,7 @@ fn main() -> ExitCode {
             drain_timeout: a.drain_timeout,
             connect_concurrency: cli.connect_concurrency,
             progress,
+            phone_addr: None,
         }),
         Mode::Idle(a) => Config::Idle(IdleConfig {
             binaries: a.binaries,
@@ -129,18 +164,46 @@ fn main() -> ExitCode {
             connect_concurrency: cli.connect_concurrency,
             progress,
         }),
+        Mode::Reconnect(a) => Config::Reconnect(
+            ReconnectConfig {
+                binaries: a.binaries,
+                phones: a.phones,
+                size: a.size,
+                interval: a.interval,
+                echo_wait: a.echo_wait,
+                ..ReconnectConfig::default()
+            },
+            a.duration,
+        ),
     };
-    let checked = match &config {
-        Config::Echo(c) => c.validate(),
-        Config::Idle(c) => c.validate(),
-    };
-    if let Err(e) = checked {
-        return usage_error(&e.to_string());
-    }
     let addr = match resolve(&cli.addr) {
         Ok(addr) => addr,
         Err(e) => return usage_error(&e),
     };
+    let phone_addr = match cli.phone_addr.as_deref().map(resolve).transpose() {
+        Ok(a) => a,
+        Err(e) => return usage_error(&e),
+    };
+    let mut config = config;
+    match &mut config {
+        Config::Echo(c) => c.phone_addr = phone_addr,
+        Config::Reconnect(c, _) => c.phone_addr = phone_addr,
+        Config::Idle(_) if phone_addr.is_some() => {
+            return usage_error("--phone-addr applies to echo and reconnect")
+        }
+        Config::Idle(_) => {}
+    }
+    if cli.direct && matches!(config, Config::Reconnect(..)) {
+        return usage_error("--direct does not apply to reconnect (it needs a relay)");
+    }
+    let checked = match &config {
+        Config::Echo(c) => c.validate(),
+        Config::Idle(c) => c.validate(),
+        Config::Reconnect(c, _) => c.validate(),
+    };
+    if let Err(e) = checked {
+        return usage_error(&e.to_string());
+    }
     if let Some(path) = &cli.tls_ca {
         let roots = std::fs::read(path).and_then(|pem| relay_testkit::tls::roots_from_pem(&pem));
         match roots {
@@ -159,6 +222,7 @@ fn main() -> ExitCode {
     let connections = match &config {
         Config::Echo(c) => c.phones + if cli.direct { 0 } else { c.binaries },
         Config::Idle(c) => c.phones + if cli.direct { 0 } else { c.binaries },
+        Config::Reconnect(c, _) => c.phones + c.binaries,
     };
     check_fd_limit(connections as u64);
 
@@ -179,6 +243,13 @@ fn main() -> ExitCode {
                 let text = if cli.json { to_json(&r) } else { r.table() };
                 (r.ok, text)
             }),
+            Config::Reconnect(c, duration) => {
+                let run = Reconnecting::start(target.addr, c)?;
+                tokio::time::sleep(duration).await;
+                let r = run.finish().await;
+                let text = if cli.json { to_json(&r) } else { r.table() };
+                Ok((r.ok, text))
+            }
         }
     });
     match outcome {

@@ -46,7 +46,7 @@ pub async fn run_echo(target: Target, cfg: &EchoConfig) -> Result<EchoReport, Lo
     }
 
     let phones = connect_many(
-        target.addr,
+        cfg.phone_addr.unwrap_or(target.addr),
         Role::Phone,
         phone_ids(&ids, cfg.phones),
         cfg.connect_concurrency,

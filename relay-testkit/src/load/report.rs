@@ -1,6 +1,7 @@
 //! What a run reports: the structs `--json` prints and the summary tables a person reads.
 //! Pure formatting; the numbers are computed by the modes.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
@@ -247,6 +248,86 @@ fn verdict(ok: bool) -> &'static str {
         "OK"
     } else {
         "FAILED (see checks and errors above)"
+    }
+}
+
+/// The result of a `reconnect` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconnectReport {
+    pub mode: &'static str,
+    pub binaries: usize,
+    pub phones: usize,
+    pub duration_secs: f64,
+    /// Successful upgrades, first ones included.
+    pub binary_connects: u64,
+    pub phone_connects: u64,
+    /// Why attempts failed or connections ended: `http 503`, `close 4404`, `connect`, ...
+    pub refusals: BTreeMap<String, u64>,
+    /// Binaries closed 4409: never acceptable for a binary's own id.
+    pub conflicts_4409: u64,
+    pub sent: u64,
+    pub received_by_binaries: u64,
+    pub echoed: u64,
+    /// Sends after which no echo came within `echo_wait` (in flight during a failover).
+    pub echo_timeouts: u64,
+    /// Delivered twice or after a later one, phone → binary and binary → phone.
+    pub out_of_order_to_binary: u64,
+    pub out_of_order_to_phone: u64,
+    pub corrupt: u64,
+    /// Phones that had an echo in the last moments of the run.
+    pub phones_routing_at_end: usize,
+    pub errors: Vec<String>,
+    pub ok: bool,
+}
+
+impl ReconnectReport {
+    /// The summary a person reads.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "reconnect: {} binaries, {} phones, {:.1} s\n\
+             connects       binaries {}  phones {}\n\
+             messages       sent {}  at binaries {}  echoed {}  echo timeouts {}\n\
+             violations     4409 {}  out of order to binary {}  to phone {}  corrupt {}\n\
+             routing at end {} of {} phones\n",
+            self.binaries,
+            self.phones,
+            self.duration_secs,
+            self.binary_connects,
+            self.phone_connects,
+            self.sent,
+            self.received_by_binaries,
+            self.echoed,
+            self.echo_timeouts,
+            self.conflicts_4409,
+            self.out_of_order_to_binary,
+            self.out_of_order_to_phone,
+            self.corrupt,
+            self.phones_routing_at_end,
+            self.phones,
+        );
+        if !self.refusals.is_empty() {
+            let r: Vec<String> = self
+                .refusals
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            out.push_str(&format!("refusals/ends   {}\n", r.join(", ")));
+            if self.refusals.contains_key("http 429") {
+                out.push_str(
+                    "hint: 429 is the relay's per-IP limit; raise --rate-limit-per-minute, \
+                     --rate-limit-burst and --max-connections-per-ip for load from one address\n",
+                );
+            }
+        }
+        for e in &self.errors {
+            out.push_str(&format!("error: {e}\n"));
+        }
+        out.push_str(if self.ok {
+            "result: ok\n"
+        } else {
+            "result: FAILED\n"
+        });
+        out
     }
 }
 

@@ -1,5 +1,9 @@
-//! The per-phone order check: every message must come back exactly once, in the order it was
-//! sent (§7 "Order"). Pure bookkeeping; the phone feeds it sequence numbers as they arrive.
+//! The per-phone order checks (§7 "Order"): [`SeqChecker`], every message must come back
+//! exactly once, in the order it was sent; [`Ascending`], for `reconnect` mode, where loss in
+//! flight is allowed but a duplicate or a reordering is not. Pure bookkeeping; the clients feed
+//! them sequence numbers as they arrive.
+
+use std::collections::HashMap;
 
 /// What one arriving sequence number says about the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +70,42 @@ impl SeqChecker {
     }
 }
 
+/// The order check of one direction: per key (a phone), each sequence number must be above
+/// the last one seen. Gaps are allowed (lost in flight); equal or lower is a duplicate or a
+/// reordering.
+#[derive(Debug, Default)]
+pub struct Ascending {
+    last: HashMap<u64, u64>,
+}
+
+impl Ascending {
+    /// Records `seq` for `key`; `Err(previous)` if it does not come after the last one.
+    pub fn see(&mut self, key: u64, seq: u64) -> Result<(), u64> {
+        match self.last.insert(key, seq) {
+            Some(prev) if prev >= seq => {
+                // Keep the highest seen, so one late message counts once.
+                self.last.insert(key, prev);
+                Err(prev)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_check_allows_gaps_and_catches_duplicates_and_reordering() {
+        let mut a = Ascending::default();
+        assert_eq!(a.see(1, 0), Ok(()));
+        assert_eq!(a.see(1, 5), Ok(()), "a gap: lost in flight");
+        assert_eq!(a.see(2, 3), Ok(()), "keys are independent");
+        assert_eq!(a.see(1, 5), Err(5), "delivered twice");
+        assert_eq!(a.see(1, 4), Err(5), "after a later one");
+        assert_eq!(a.see(1, 6), Ok(()), "the late one did not lower the mark");
+    }
 
     #[test]
     fn in_order_stream_is_clean() {
