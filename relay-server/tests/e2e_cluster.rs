@@ -176,6 +176,74 @@ async fn the_cluster_listener_closes_unauthenticated_connections_without_a_byte(
     assert_eq!(metric(node.metrics_addr, FORWARDED_IN).await, 0.0);
 }
 
+/// Every directory lookup a node has made, whatever its outcome (§11).
+async fn directory_lookups(metrics: SocketAddr) -> f64 {
+    let mut sum = 0.0;
+    for outcome in ["ok", "conflict", "error", "timeout"] {
+        sum += metric(
+            metrics,
+            &format!(
+                r#"pyrycode_relay_cluster_directory_operations_total{{op="locate",outcome="{outcome}"}}"#
+            ),
+        )
+        .await;
+    }
+    sum
+}
+
+/// §8 before §11: the edge refuses a flooding address (429) before it asks the directory, so
+/// a refusal costs no Redis call; `/healthz` and requests that are not upgrades never reach
+/// the directory either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_at_the_edge_cost_no_directory_call() {
+    let Some(c) = Cluster::start(
+        1,
+        LEASE,
+        &["--rate-limit-burst", "3", "--rate-limit-per-minute", "1"],
+    ) else {
+        return;
+    };
+    c.wait_healthy().await;
+    let node = &c.nodes[0];
+    let before = directory_lookups(node.metrics_addr).await;
+    // The burst: each phone (for a server-id nobody holds) is looked up, then served here: 4404.
+    for _ in 0..3 {
+        let mut p = FakePhone::connect(node.addr, &fresh_server_id())
+            .await
+            .expect("within the burst");
+        assert_eq!(p.expect_close().await.unwrap().0, 4404);
+    }
+    let after_burst = directory_lookups(node.metrics_addr).await;
+    assert_eq!(after_burst, before + 3.0, "one lookup per admitted upgrade");
+    // Past it: 429 with an empty body, and no lookup.
+    for _ in 0..20 {
+        let refused = FakePhone::builder(node.addr, &fresh_server_id())
+            .refused()
+            .await
+            .unwrap();
+        assert_eq!((refused.status, refused.body_len()), (429, 0));
+    }
+    for path in ["/healthz", "/", "/v1/client", "/v1/server"] {
+        let (status, _) = nodes::http_get(node.addr, path)
+            .await
+            .unwrap_or_else(|| panic!("no answer to GET {path}"));
+        assert_ne!(status, 101, "{path}");
+    }
+    assert!(
+        metric(
+            node.metrics_addr,
+            r#"pyrycode_relay_admission_refusals_total{limit="rate_per_ip"}"#
+        )
+        .await
+            >= 20.0
+    );
+    assert_eq!(
+        directory_lookups(node.metrics_addr).await,
+        after_burst,
+        "refusals and plain requests asked the directory nothing"
+    );
+}
+
 /// §10/§11 boot: a readable secret file is a boot error (exit 2, one line, before binding);
 /// a cluster listener that cannot bind is exit 1.
 #[test]
