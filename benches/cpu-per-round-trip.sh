@@ -4,7 +4,7 @@ cd "$(dirname "$0")/.." && cargo build --release -q -p relay-server -p relay-tes
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
 for size in 16384 64; do
 for mode in relay direct; do
-  if [ $mode = relay ]; then target/release/relay-server --insecure-listen 127.0.0.1:18300 --phones-per-server 1000 2>/tmp/srv.log & D=""; else target/release/echo-server --listen 127.0.0.1:18300 2>/tmp/srv.log & D="--direct"; fi
+  if [ $mode = relay ]; then target/release/relay-server --insecure-listen 127.0.0.1:18300 --phones-per-server 1000 --max-connections-per-ip 100000 --rate-limit-per-minute 1000000 --rate-limit-burst 1000000 2>/tmp/srv.log & D=""; else target/release/echo-server --listen 127.0.0.1:18300 2>/tmp/srv.log & D="--direct"; fi
   SP=$!; sleep 0.5
   t0=$(ticks $SP)
   out=$( { /usr/bin/time -f "LG %U %S" target/release/relay-load --addr 127.0.0.1:18300 $D -q --json echo --binaries 10 --phones 100 --size $size --window 8 --duration 8s --warmup 0s; } 2>&1 )

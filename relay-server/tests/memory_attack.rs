@@ -20,7 +20,7 @@ const STALLED_PHONES: usize = 10;
 const HONEST: usize = 4;
 /// What each connection may hold beyond the budget: the 64 KiB a connection is always read
 /// up to (§8), one message being read, and its fixed structures.
-const ALLOWANCE_PER_CONNECTION: u64 = 64 << 10 | 256 << 10 | 16 << 10;
+const ALLOWANCE_PER_CONNECTION: u64 = (64 << 10) + (256 << 10) + (16 << 10);
 
 fn big(n: usize) -> String {
     let head = format!("{{\"n\":{n},\"x\":\"");
