@@ -1,69 +1,16 @@
-//! The real `relay-server` binary as a child process: its stderr lines arrive through a
-//! channel and are searched with deadlines; killed on drop. Children run with an empty
-//! environment plus what the test passes, so the calling shell cannot change what they see.
+//! The real `relay-server` binary as a child process whose stderr is awaited asynchronously
+//! (a tokio channel, for tests that wait on log lines while their own clients run); killed on
+//! drop. How children are started, and `run_to_exit`, are [`super::real`]'s.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-pub const RELAY: &str = env!("CARGO_BIN_EXE_relay-server");
-
-/// How long a child gets to reach the state a test waits for.
-pub const PATIENCE: Duration = Duration::from_secs(10);
-
-pub fn relay(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(RELAY);
-    cmd.args(args)
-        .env_clear()
-        // Tests run relays side by side: none takes the default metrics port unless asked.
-        .env("PYRYCODE_RELAY_METRICS_LISTEN", "")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// A finished child: exit code and everything it printed.
-#[derive(Debug)]
-pub struct Exited {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Runs a command that is expected to exit on its own; kills it and fails if it does not.
-pub fn run_to_exit(mut cmd: Command) -> Exited {
-    let mut child = cmd.spawn().expect("spawn relay-server");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if started.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("relay-server did not exit: it started serving instead");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_string(&mut stdout);
-    }
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut stderr);
-    }
-    Exited {
-        code: status.code(),
-        stdout,
-        stderr,
-    }
-}
+#[allow(unused_imports)] // each test crate uses its own part
+pub use super::real::{relay, run_to_exit, PATIENCE};
 
 /// A running relay-server. Every stderr line it printed so far is kept in `seen`.
 pub struct Running {
@@ -188,25 +135,7 @@ fn field<T: std::str::FromStr>(line: &str, name: &str) -> Option<T> {
 
 /// One `GET /metrics` from `addr`: the value of every sample, by name and labels as printed.
 pub async fn scrape(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to /metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).expect("UTF-8 scrape");
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
+    super::real::scrape(addr).await.0
 }
 
 impl Drop for Running {

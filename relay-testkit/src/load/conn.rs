@@ -14,95 +14,29 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fastwebsockets::{FragmentCollector, FragmentCollectorRead, Role, WebSocket, WebSocketWrite};
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Join, ReadBuf};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Join};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 use crate::tls::ClientStream;
 
-/// The reading half of a load connection.
-pub enum ReadHalf {
-    Plain(OwnedReadHalf),
-    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
-}
+/// The reading half of a load connection: a plain socket's own half, or a TLS stream's.
+pub type ReadHalf = Either<OwnedReadHalf, tokio::io::ReadHalf<TlsStream<TcpStream>>>;
 
 /// The writing half of a load connection.
-pub enum WriteHalf {
-    Plain(OwnedWriteHalf),
-    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
-}
+pub type WriteHalf = Either<OwnedWriteHalf, tokio::io::WriteHalf<TlsStream<TcpStream>>>;
 
 fn split(stream: ClientStream) -> (ReadHalf, WriteHalf) {
     match stream {
         ClientStream::Plain(s) => {
             let (r, w) = s.into_split();
-            (ReadHalf::Plain(r), WriteHalf::Plain(w))
+            (Either::Left(r), Either::Left(w))
         }
         ClientStream::Tls(s) => {
             let (r, w) = tokio::io::split(*s);
-            (ReadHalf::Tls(r), WriteHalf::Tls(w))
-        }
-    }
-}
-
-impl AsyncRead for ReadHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            WriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            WriteHalf::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            WriteHalf::Plain(s) => s.is_write_vectored(),
-            WriteHalf::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
-            WriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            WriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            (Either::Right(r), Either::Right(w))
         }
     }
 }
