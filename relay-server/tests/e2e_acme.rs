@@ -13,7 +13,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime};
 
 use acme_support::*;
-use relay_server::config::Feature;
 use relay_server::listen::acme::{self, AcmeBootError, CacheError, OrderOutcome, Tuning};
 use relay_testkit::pebble::{Pebble, PebbleOptions};
 use relay_testkit::scratch::Scratch;
@@ -483,8 +482,7 @@ fn a_cert_cache_owned_by_another_user_is_refused() {
     assert_eq!(mode_of(&dir), 0o755);
 }
 
-/// Through the real binary: a boot error, exit 2, one line, nothing bound. Until ACME mode is
-/// switched on in this build the refusal is the "not implemented" one; after, the cache's.
+/// Through the real binary: a boot error, exit 2, one line naming the cache, nothing bound.
 #[test]
 fn the_binary_refuses_a_foreign_cert_cache_with_exit_2() {
     let scratch = Scratch::new("cache-foreign-bin").unwrap();
@@ -506,14 +504,10 @@ fn the_binary_refuses_a_foreign_cert_cache_with_exit_2() {
         .filter(|l| l.starts_with("relay-server: "))
         .collect();
     assert_eq!(lines.len(), 1, "{stderr}");
-    if Feature::Acme.built() {
-        assert!(
-            lines[0].contains("--cert-cache") && lines[0].contains("owned by uid 65534"),
-            "{stderr}"
-        );
-    } else {
-        assert!(lines[0].contains("not implemented yet"), "{stderr}");
-    }
+    assert!(
+        lines[0].contains("--cert-cache") && lines[0].contains("owned by uid 65534"),
+        "{stderr}"
+    );
 }
 
 #[test]

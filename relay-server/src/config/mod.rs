@@ -8,9 +8,7 @@
 //!
 //! One file per subsystem's flags: `listen` (§9 modes), `lifecycle` (§6), `flow` (§7),
 //! `admission` (§8), `ops` (§10), `push` (§4.4), `cluster` (§11); `parse` holds the value
-//! syntax they share. Flags of subsystems this build does not have yet are parsed and
-//! validated like the rest, then refused by [`Feature::built`]: an operator who asks for TLS
-//! must not silently get plain HTTP.
+//! syntax they share. Every flag protocol.md names is built: none is accepted and ignored.
 
 mod admission;
 mod cluster;
@@ -38,7 +36,7 @@ pub use listen::{
 pub use ops::{LogFormat, Ops};
 pub use push::{validate_project_id, FcmCredentials, Push, FCM_ENDPOINT};
 
-use parse::{explicit, invalid};
+use parse::invalid;
 
 /// The environment variable that turns on the production refusals of §9.
 pub const PRODUCTION_ENV: &str = "PYRYCODE_RELAY_PRODUCTION";
@@ -139,55 +137,6 @@ impl BootContext {
     }
 }
 
-/// Subsystems whose flags exist before their code does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Feature {
-    Tls,
-    Acme,
-    Metrics,
-    RateLimits,
-    HandshakeTimeout,
-    MemoryBudget,
-    Push,
-    Cluster,
-}
-
-impl Feature {
-    /// Whether this build implements the feature. Turning one on is flipping its arm here:
-    /// its flags then stop being boot errors and their values flow into [`Config`].
-    pub const fn built(self) -> bool {
-        match self {
-            Feature::Tls => true,
-            Feature::Acme => true,
-            Feature::Metrics => true,
-            Feature::RateLimits => true,
-            Feature::HandshakeTimeout => true,
-            Feature::MemoryBudget => true,
-            Feature::Push => true,
-            Feature::Cluster => true,
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Feature::Tls => "TLS",
-            Feature::Acme => "ACME (automatic certificates)",
-            Feature::Metrics => "the metrics listener",
-            Feature::RateLimits => "per-IP admission limiting",
-            Feature::HandshakeTimeout => "the handshake timeout",
-            Feature::MemoryBudget => "the relay-wide memory budget",
-            Feature::Push => "push wake (FCM)",
-            Feature::Cluster => "cluster mode",
-        }
-    }
-}
-
-impl std::fmt::Display for Feature {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.describe())
-    }
-}
-
 /// Why the relay refuses to start. Every message is one line naming the flag involved;
 /// `main` prints it as `relay-server: <message>` and exits 2.
 #[derive(Debug, thiserror::Error)]
@@ -226,12 +175,6 @@ pub enum BootError {
     ProductionInsecureListen,
     #[error("{PRODUCTION_ENV} refuses to run as root: start the relay as an unprivileged user")]
     ProductionRoot,
-    /// A flag of a subsystem this build does not have; refused rather than ignored.
-    #[error("{flag}: {feature} is not implemented yet in this build (see docs/operations.md)")]
-    NotImplemented {
-        flag: &'static str,
-        feature: Feature,
-    },
 }
 
 impl Config {
@@ -269,61 +212,6 @@ impl Config {
             if ctx.is_root {
                 return Err(BootError::ProductionRoot);
             }
-        }
-
-        // Mode validation guarantees every TLS/ACME flag given comes with its mode's main
-        // flag, so naming that one covers them all.
-        match listen {
-            ListenMode::Tls { .. } => require(Feature::Tls, "--tls-cert")?,
-            ListenMode::DevTls { .. } => require(Feature::Tls, "--dev-tls")?,
-            ListenMode::Acme(_) => require(Feature::Acme, "--domain")?,
-            ListenMode::Development(_) | ListenMode::Insecure(_) => {}
-        }
-        // Only an explicit address is a request for metrics; the default must not block boot.
-        if ops.metrics_listen.is_some() && explicit(matches, "metrics_listen") {
-            require(Feature::Metrics, "--metrics-listen")?;
-        }
-        for (id, flag, feature) in [
-            (
-                "rate_limit_per_minute",
-                "--rate-limit-per-minute",
-                Feature::RateLimits,
-            ),
-            (
-                "rate_limit_burst",
-                "--rate-limit-burst",
-                Feature::RateLimits,
-            ),
-            (
-                "max_connections_per_ip",
-                "--max-connections-per-ip",
-                Feature::RateLimits,
-            ),
-            ("ipv6_prefix_len", "--ipv6-prefix-len", Feature::RateLimits),
-            (
-                "handshake_timeout",
-                "--handshake-timeout",
-                Feature::HandshakeTimeout,
-            ),
-            (
-                "max_buffered_bytes",
-                "--max-buffered-bytes",
-                Feature::MemoryBudget,
-            ),
-        ] {
-            if explicit(matches, id) {
-                require(feature, flag)?;
-            }
-        }
-        // A boolean "set" to false (e.g. `PYRYCODE_RELAY_TRUST_X_FORWARDED_FOR=0`) asks for nothing.
-        if admission.trust_x_forwarded_for {
-            require(Feature::RateLimits, "--trust-x-forwarded-for")?;
-        }
-        if push.is_some() {
-            require(Feature::Push, "--fcm-credentials")?;
-        }
-        if cluster.is_some() {
-            require(Feature::Cluster, "--cluster-redis")?;
         }
 
         Ok(Config {
@@ -369,15 +257,6 @@ fn usage_line(err: &clap::Error) -> String {
         .collect();
     let line = parts.join(" ");
     line.strip_prefix("error: ").unwrap_or(&line).to_owned()
-}
-
-/// The one place a flag is turned away for want of its subsystem.
-fn require(feature: Feature, flag: &'static str) -> Result<(), BootError> {
-    if feature.built() {
-        Ok(())
-    } else {
-        Err(BootError::NotImplemented { flag, feature })
-    }
 }
 
 /// std has no `geteuid`; Linux publishes it in /proc (`Uid: real effective saved fs`).

@@ -4,9 +4,6 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use clap::parser::ValueSource;
-use clap::ArgMatches;
-
 use super::BootError;
 
 /// Longest accepted duration. Nothing in the relay needs more than a day, and a cap keeps
@@ -95,14 +92,6 @@ pub fn invalid(flag: &'static str, reason: &str) -> BootError {
         flag,
         reason: reason.to_owned(),
     }
-}
-
-/// Given on the command line or through its environment variable, as opposed to defaulted.
-pub fn explicit(matches: &ArgMatches, id: &str) -> bool {
-    matches!(
-        matches.value_source(id),
-        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-    )
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Tests of the whole command line: the clap surface, defaults, the environment, production
-//! refusals and the features not built yet. Each subsystem's own rules are tested in its file.
+//! refusals, and every subsystem's flags accepted. Each subsystem's own rules are tested in its file.
 
 use std::time::Duration;
 
@@ -326,28 +326,12 @@ fn effective_uid_comes_from_the_second_uid_column() {
     assert_eq!(effective_uid("Name:\trelay\n"), None);
 }
 
-// ---- boot errors: features not built yet ---------------------------------------------
+// ---- every subsystem's flags are built ---------------------------------------------
 
-/// Asserts `args` (and `env`) are refused for want of `feature`, naming `flag`, unless the
-/// feature is built (then the refusal must be gone).
-fn refused_until_built(args: &[&str], env: &[(&str, &str)], flag: &str, feature: Feature) {
-    let result = parse_env(args, env, BootContext::default());
-    if feature.built() {
-        assert!(
-            !matches!(result, Err(BootError::NotImplemented { .. })),
-            "{args:?}: {result:?}"
-        );
-        return;
-    }
-    match result {
-        Err(BootError::NotImplemented {
-            flag: f,
-            feature: g,
-        }) => {
-            assert_eq!((f, g), (flag, feature), "{args:?} {env:?}");
-        }
-        other => panic!("{args:?} {env:?}: expected NotImplemented, got {other:?}"),
-    }
+/// Asserts `args` (and `env`) make a valid config.
+fn accepted(args: &[&str], env: &[(&str, &str)]) -> Config {
+    parse_env(args, env, BootContext::default())
+        .unwrap_or_else(|e| panic!("{args:?} {env:?}: refused: {e}"))
 }
 
 #[test]
@@ -405,76 +389,60 @@ fn handshake_timeout_flows_into_the_config() {
 }
 
 #[test]
-fn acme_mode_is_refused_until_acme_exists() {
-    refused_until_built(
+fn acme_mode_is_accepted() {
+    let config = accepted(
         &["--domain", "relay.example.com", "--https-proxy-protocol"],
         &[],
-        "--domain",
-        Feature::Acme,
     );
+    assert!(matches!(config.listen, ListenMode::Acme(_)));
 }
 
 #[test]
-fn explicit_metrics_listen_is_honoured_now_that_metrics_exist() {
+fn explicit_metrics_listen_is_honoured() {
     assert_eq!(
         ok(&["--metrics-listen", "127.0.0.1:9091"])
             .ops
             .metrics_listen,
         Some(v4([127, 0, 0, 1], 9091))
     );
-}
-
-#[test]
-fn explicit_metrics_listen_is_refused_until_metrics_exist() {
-    refused_until_built(
-        &["--metrics-listen", "127.0.0.1:9091"],
-        &[],
-        "--metrics-listen",
-        Feature::Metrics,
-    );
-    // Also through the environment, even when equal to the default.
-    refused_until_built(
-        &[],
-        &[("PYRYCODE_RELAY_METRICS_LISTEN", "127.0.0.1:9090")],
-        "--metrics-listen",
-        Feature::Metrics,
+    // Also through the environment.
+    assert_eq!(
+        accepted(&[], &[("PYRYCODE_RELAY_METRICS_LISTEN", "127.0.0.1:9092")])
+            .ops
+            .metrics_listen,
+        Some(v4([127, 0, 0, 1], 9092))
     );
 }
 
 #[test]
-fn admission_flags_are_refused_until_built() {
-    for (args, feature) in [
-        (&["--rate-limit-per-minute", "10"][..], Feature::RateLimits),
-        (&["--rate-limit-burst", "5"][..], Feature::RateLimits),
-        (&["--max-connections-per-ip", "8"][..], Feature::RateLimits),
-        (&["--ipv6-prefix-len", "56"][..], Feature::RateLimits),
-        (&["--trust-x-forwarded-for"][..], Feature::RateLimits),
-        (
-            &["--max-buffered-bytes", "64MiB"][..],
-            Feature::MemoryBudget,
-        ),
+fn admission_flags_are_accepted_from_flags_and_the_environment() {
+    for args in [
+        &["--rate-limit-per-minute", "10"][..],
+        &["--rate-limit-burst", "5"][..],
+        &["--max-connections-per-ip", "8"][..],
+        &["--ipv6-prefix-len", "56"][..],
+        &["--trust-x-forwarded-for"][..],
+        &["--max-buffered-bytes", "64MiB"][..],
     ] {
-        refused_until_built(args, &[], args[0], feature);
+        accepted(args, &[]);
     }
-    refused_until_built(
-        &[],
-        &[("PYRYCODE_RELAY_RATE_LIMIT_BURST", "5")],
-        "--rate-limit-burst",
-        Feature::RateLimits,
+    assert_eq!(
+        accepted(&[], &[("PYRYCODE_RELAY_RATE_LIMIT_BURST", "5")])
+            .admission
+            .rate_limit_burst,
+        5
     );
-    refused_until_built(
-        &[],
-        &[("PYRYCODE_RELAY_TRUST_X_FORWARDED_FOR", "1")],
-        "--trust-x-forwarded-for",
-        Feature::RateLimits,
+    assert!(
+        accepted(&[], &[("PYRYCODE_RELAY_TRUST_X_FORWARDED_FOR", "1")])
+            .admission
+            .trust_x_forwarded_for
     );
 }
 
 #[test]
-fn push_flags_are_accepted_now_that_push_is_built() {
+fn push_flags_are_accepted() {
     // §4.4: push wake is built; the key itself is read and checked by push::PushSettings at
     // boot (main), not here.
-    assert!(Feature::Push.built());
     let config = ok(&["--fcm-credentials", "key.json"]);
     assert_eq!(
         config.push,
@@ -546,5 +514,4 @@ fn cluster_flags_are_accepted_and_reach_the_config() {
     assert_eq!(cluster.listen, v4([127, 0, 0, 1], 7000));
     assert_eq!(cluster.advertise, "127.0.0.1:7000");
     assert_eq!(cluster.lease, Duration::from_secs(3));
-    assert!(Feature::Cluster.built());
 }
