@@ -2,7 +2,6 @@
 //! (a tokio channel, for tests that wait on log lines while their own clients run); killed on
 //! drop. How children are started, and `run_to_exit`, are [`super::real`]'s.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 #[allow(unused_imports)] // each test crate uses its own part
-pub use super::real::{relay, run_to_exit, PATIENCE};
+pub use super::real::{relay, run_to_exit, spawn_with_stderr, PATIENCE};
 
 /// A running relay-server. Every stderr line it printed so far is kept in `seen`.
 pub struct Running {
@@ -21,18 +20,8 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut child = relay(args, env).spawn().expect("spawn relay-server");
-        let stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = mpsc::unbounded_channel();
-        // Keeps draining stderr for the child's whole life, so logging never blocks it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let child = spawn_with_stderr(args, env, move |line| tx.send(line).is_ok());
         Running {
             child,
             lines,

@@ -92,20 +92,30 @@ pub struct Running {
     pub seen: Vec<String>,
 }
 
+/// Starts a relay whose stderr lines go to `deliver`, one by one, from a thread that drains
+/// stderr for the child's whole life (so logging never blocks it) until `deliver` says stop.
+pub fn spawn_with_stderr(
+    args: &[&str],
+    env: &[(&str, &str)],
+    mut deliver: impl FnMut(String) -> bool + Send + 'static,
+) -> Child {
+    let mut child = relay(args, env).spawn().expect("spawn relay-server");
+    let stderr = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !deliver(line) {
+                break;
+            }
+        }
+    });
+    child
+}
+
 impl Running {
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut child = relay(args, env).spawn().expect("spawn relay-server");
-        let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
-        // Keeps draining stderr for the child's whole life, so logging never blocks it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let child = spawn_with_stderr(args, env, move |line| tx.send(line).is_ok());
         Running {
             child,
             lines,
